@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from tests.tiny_models import TINY_MODELS
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread per test process: on a shared 2-core machine more threads fight each other.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(params=sorted(TINY_MODELS))
@@ -27,3 +26,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> object:
+    """One local Ray (2 CPUs, no dashboard) for every ``@pytest.mark.ray`` test of the session."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -1,0 +1,285 @@
+"""The `amc` command line: a thin Typer app over the library.
+
+Exit codes: 0 success, 2 bad input or usage (one-paragraph message), 1 unexpected failure.
+Only this module turns errors into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from amc.errors import AmcError, ConfigError
+
+app = typer.Typer(
+    name="amc",
+    help="Search, apply and measure non-uniform per-layer pruning plans (AMC done properly).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Wide tables when output is not a terminal (logs, CI), instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+InputShape = Annotated[
+    str, typer.Option("--input-shape", help="Input shape C,H,W of one sample.", metavar="C,H,W")
+]
+NumClasses = Annotated[int, typer.Option("--num-classes", help="Classifier outputs.")]
+Weights = Annotated[
+    Path | None, typer.Option("--weights", help="Weights: .safetensors or a torch.save file.")
+]
+Trust = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint", help="Allow a weights file that needs pickle (runs its code)."
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """Parse ``"3,32,32"`` into ``(3, 32, 32)``."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(
+            f"--input-shape {text!r} is not C,H,W with three positive integers; e.g. 3,32,32."
+        )
+    return shape  # type: ignore[return-value]
+
+
+def build_model(
+    spec: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    weights: Path | None,
+    trust: bool,
+) -> Any:
+    """The model named by ``spec`` with ``weights`` loaded, in eval mode."""
+    from amc.checkpoint import load_weights
+    from amc.zoo import resolve_model
+
+    model = resolve_model(
+        spec, num_classes=num_classes, in_channels=input_shape[0], image_size=input_shape[1]
+    )
+    if weights is not None:
+        load_weights(model, weights, trust_pickle=trust)
+    return model.eval()
+
+
+@app.command()
+def units(
+    model: Annotated[str, typer.Argument(help="Zoo name or package.module:callable.")],
+    input_shape: InputShape = "3,32,32",
+    num_classes: NumClasses = 10,
+    as_json: AsJson = False,
+) -> None:
+    """List the prunable units (coupled channel groups) the search walks, in execution order."""
+    import torch
+
+    from amc.units import analyze
+
+    shape = parse_shape(input_shape)
+    net = build_model(model, shape, num_classes, None, False)
+    graph = analyze(net, torch.zeros(1, *shape))
+    if as_json:
+        payload = {
+            "model": model,
+            "fingerprint": graph.fingerprint,
+            "dense_flops": graph.dense_flops,
+            "dense_params": graph.dense_params,
+            "units": [unit.to_json() for unit in graph.units],
+            "skippable_blocks": list(graph.skippable),
+        }
+        print(json.dumps(payload, indent=2))
+        return
+    table = Table(title=f"{model}: {len(graph.units)} prunable units ({graph.fingerprint})")
+    for column in ("#", "unit", "kind", "channels", "in", "spatial", "kernel", "stride"):
+        table.add_column(column, justify="right" if column != "unit" else "left")
+    table.add_column("MFLOPs", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("N:M", justify="center")
+    table.add_column("cut", justify="center")
+    for unit in graph.units:
+        table.add_row(
+            str(unit.index),
+            unit.name,
+            unit.kind,
+            str(unit.channels),
+            str(unit.in_channels),
+            "x".join(map(str, unit.spatial)),
+            "x".join(map(str, unit.kernel)),
+            str(unit.stride[0]),
+            f"{unit.flops / 1e6:.2f}",
+            f"{unit.params:,}",
+            "yes" if unit.nm_eligible else "-",
+            "yes" if unit.channel_prunable else "no",
+        )
+    console.print(table)
+    console.print(
+        f"dense: {graph.dense_flops / 1e6:.2f} MFLOPs, {graph.dense_params:,} params; "
+        f"skippable residual blocks: {', '.join(graph.skippable) or 'none'}"
+    )
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Argument(help="Zoo name or package.module:callable.")],
+    weights: Weights = None,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="Plan JSON; default a uniform plan.")
+    ] = None,
+    keep: Annotated[
+        float, typer.Option("--keep", help="Keep ratio of the uniform plan when no --plan.")
+    ] = 0.5,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[
+        list[int] | None, typer.Option("--batch-size", help="Latency batch size (repeatable).")
+    ] = None,
+    input_shape: InputShape = "3,32,32",
+    num_classes: NumClasses = 10,
+    trust: Trust = False,
+    as_json: AsJson = False,
+) -> None:
+    """Measure dense vs pruned: params, FLOPs, latency (median, IQR), stored size and ratios."""
+    import torch
+
+    from amc.measure import compare
+    from amc.plan import PruningPlan, uniform_plan
+    from amc.prune import apply_plan
+    from amc.units import analyze
+
+    shape = parse_shape(input_shape)
+    net = build_model(model, shape, num_classes, weights, trust)
+    example = torch.zeros(1, *shape)
+    graph = analyze(net, example)
+    chosen = PruningPlan.load(plan) if plan else uniform_plan(net, example, keep, graph=graph)
+    pruned = apply_plan(net, chosen, example, graph=graph)
+    report = compare(net, pruned, example, device=device, batch_sizes=tuple(batch_size or [1]))
+    report["plan"] = str(plan) if plan else f"uniform keep_ratio={keep}"
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"{model} on {report['device']}: dense vs {report['plan']}")
+    for column in ("metric", "dense", "pruned", "pruned/dense"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in report["rows"]:
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.3f}"
+        table.add_row(row["metric"], _fmt(row["dense"]), _fmt(row["pruned"]), ratio)
+    console.print(table)
+
+
+@app.command()
+def apply(
+    plan: Annotated[Path, typer.Argument(help="Plan JSON (from `amc export`).")],
+    model: Annotated[str, typer.Option("--model", help="Zoo name or package.module:callable.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the pruned model.")],
+    weights: Weights = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data spec for fine-tuning and accuracy.")
+    ] = None,
+    finetune_steps: Annotated[int, typer.Option("--finetune-steps", min=0)] = 0,
+    lr: Annotated[float, typer.Option("--lr", help="Fine-tune learning rate.")] = 0.01,
+    input_shape: InputShape = "3,32,32",
+    num_classes: NumClasses = 10,
+    trust: Trust = False,
+) -> None:
+    """Apply a plan: write pruned weights (safetensors), the plan and a torch.export program."""
+    import torch
+
+    from amc.artifacts import save_pruned
+    from amc.measure import count_flops, count_params, model_size
+    from amc.plan import PruningPlan
+    from amc.prune import apply_plan
+    from amc.train import evaluate, finetune
+    from amc.units import analyze
+    from amc.zoo import get_data
+
+    chosen = PruningPlan.load(plan)  # validate the plan before any heavy work
+    shape = parse_shape(input_shape)
+    splits = get_data(data, input_shape=shape) if data else None
+    if finetune_steps and splits is None:
+        raise ConfigError("--finetune-steps needs --data to fine-tune on; e.g. --data digits.")
+    classes = splits.num_classes if splits else num_classes
+    net = build_model(model, shape, classes, weights, trust)
+    example = torch.zeros(1, *shape)
+    graph = analyze(net, example)
+    pruned = apply_plan(net, chosen, example, graph=graph)
+    rows: list[tuple[str, str, str]] = []
+    if splits is not None:
+        dense_acc = evaluate(net, splits).accuracy
+        if finetune_steps:
+            finetune(pruned, splits, steps=finetune_steps, lr=lr, progress=True)
+        pruned.eval()
+        rows.append(("accuracy", f"{dense_acc:.4f}", f"{evaluate(pruned, splits).accuracy:.4f}"))
+    rows += [
+        ("params", f"{count_params(net):,}", f"{count_params(pruned):,}"),
+        ("FLOPs", f"{count_flops(net, example):,}", f"{count_flops(pruned, example):,}"),
+        (
+            "stored bytes",
+            f"{model_size(net).stored_bytes:,}",
+            f"{model_size(pruned).stored_bytes:,}",
+        ),
+    ]
+    artifacts = save_pruned(
+        pruned,
+        chosen,
+        out,
+        example,
+        model_spec=model,
+        model_kwargs={"num_classes": classes, "in_channels": shape[0], "image_size": shape[1]},
+    )
+    table = Table(title=f"{model}: dense vs pruned by {plan}")
+    for column in ("metric", "dense", "pruned"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"wrote {artifacts.folder}/ (weights.safetensors, plan.json, program.pt2)")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad input, 1 unexpected failure)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except AmcError as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        return 130
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    except Exception as error:  # noqa: BLE001 - the CLI reports every failure
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            return error.exit_code
+        if isinstance(error, click.exceptions.Abort):
+            return 1
+        errors.print(f"[bold red]unexpected failure:[/] {type(error).__name__}: {error}")
+        return 1
+    return 0
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""A per-unit latency look-up table, measured on the target device (NetAdapt-style).
+
+For each unit the model is pruned at a few widths with *only that unit* cut (through the same
+:func:`amc.prune.apply_plan` every plan goes through) and timed with
+:func:`amc.measure.measure_latency`. The latency of a whole plan is then estimated as the dense
+latency minus the sum of the per-unit savings, each interpolated linearly between the measured
+widths (NetAdapt, Yang et al. 2018). The table is what lets AMC's clipping and a search agent
+reason about latency without timing every candidate.
+
+Example:
+    >>> table = LatencyTable.measure(model, x, analyze(model, x), "cpu", progress=False)
+    >>> table.estimate({"conv1": 0.5}) < table.dense_ms
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from amc.errors import PlanFormatError, PlanMismatchError
+from amc.measure import measure_latency
+from amc.plan import PruningPlan, UnitPlan, channels_for
+from amc.units import UnitGraph
+
+LATENCY_TABLE_FORMAT = "amc.latency_table/1"
+DEFAULT_WIDTHS = (0.25, 0.5, 0.75)
+
+
+@dataclass(frozen=True)
+class UnitLatency:
+    """Measured latency of the model with one unit cut to each width (others dense).
+
+    Attributes:
+        widths: kept channel fractions, ascending, ending with 1.0 (the dense model).
+        ms: latency at each width; made non-decreasing in width and at most the dense latency.
+        nm_ms: latency with the unit dense but under the space's N:M pattern, or None.
+    """
+
+    widths: tuple[float, ...]
+    ms: tuple[float, ...]
+    nm_ms: float | None = None
+
+    def at(self, keep_ratio: float) -> float:
+        """Latency with this unit at ``keep_ratio``, interpolated (flat below the first width)."""
+        return float(np.interp(keep_ratio, self.widths, self.ms))
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Dense latency and per-unit latency curves of one model on one device.
+
+    Attributes:
+        dense_ms: median latency of the dense model.
+        units: unit name -> its measured curve.
+        device: where it was measured ('cpu', 'cuda:0').
+        meta: how it was measured (batch size, threads, repeats), for the record.
+    """
+
+    dense_ms: float
+    units: Mapping[str, UnitLatency]
+    device: str = "cpu"
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def saving(self, name: str, keep_ratio: float, nm: bool = False) -> float:
+        """Milliseconds saved by cutting unit ``name`` to ``keep_ratio`` (and N:M if ``nm``)."""
+        curve = self.units.get(name)
+        if curve is None:
+            return 0.0
+        saved = self.dense_ms - curve.at(keep_ratio)
+        if nm and curve.nm_ms is not None:
+            # N:M acts on the weights left after cutting, so its effect scales with the width.
+            saved += (self.dense_ms - curve.nm_ms) * keep_ratio
+        return saved
+
+    def estimate(
+        self, keep: Mapping[str, float], nm_choices: Mapping[str, bool] | None = None
+    ) -> float:
+        """Estimated latency (ms) of a plan: dense minus the sum of per-unit savings.
+
+        Args:
+            keep: unit name -> kept channel fraction; units not named stay dense.
+            nm_choices: unit name -> whether the unit uses the N:M pattern.
+        """
+        nm_choices = nm_choices or {}
+        names = set(keep) | {name for name, used in nm_choices.items() if used}
+        saved = sum(
+            self.saving(name, keep.get(name, 1.0), bool(nm_choices.get(name, False)))
+            for name in names
+        )
+        return max(0.0, self.dense_ms - saved)
+
+    def max_saving_share(self, name: str) -> float:
+        """The unit's largest measured saving as a fraction of the dense latency, in [0, 1]."""
+        curve = self.units.get(name)
+        if curve is None or self.dense_ms <= 0:
+            return 0.0
+        return float(min(1.0, max(0.0, (self.dense_ms - curve.ms[0]) / self.dense_ms)))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict in format ``amc.latency_table/1``."""
+        return {
+            "format": LATENCY_TABLE_FORMAT,
+            "dense_ms": self.dense_ms,
+            "device": self.device,
+            "meta": dict(self.meta),
+            "units": {
+                name: {"widths": list(c.widths), "ms": list(c.ms), "nm_ms": c.nm_ms}
+                for name, c in self.units.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LatencyTable:
+        """Inverse of :meth:`to_json`; a different format version names both versions."""
+        version = data.get("format") if isinstance(data, Mapping) else None
+        if version != LATENCY_TABLE_FORMAT:
+            raise PlanFormatError(
+                f"Unknown latency table format {version!r}: this amc reads "
+                f"{LATENCY_TABLE_FORMAT!r}. Measure the table again with LatencyTable.measure."
+            )
+        try:
+            units = {
+                str(name): UnitLatency(
+                    widths=tuple(float(w) for w in entry["widths"]),
+                    ms=tuple(float(v) for v in entry["ms"]),
+                    nm_ms=None if entry.get("nm_ms") is None else float(entry["nm_ms"]),
+                )
+                for name, entry in data["units"].items()
+            }
+            return cls(
+                dense_ms=float(data["dense_ms"]),
+                units=units,
+                device=str(data.get("device", "cpu")),
+                meta=dict(data.get("meta") or {}),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise PlanFormatError(
+                f"Malformed latency table ({error!r}): expected 'dense_ms' and 'units' mapping "
+                f"unit names to {{'widths': [...], 'ms': [...], 'nm_ms': number or null}}."
+            ) from error
+
+    @classmethod
+    def synthetic(
+        cls,
+        graph: UnitGraph,
+        dense_ms: float = 1.0,
+        widths: Sequence[float] = DEFAULT_WIDTHS,
+        *,
+        overhead: float = 0.1,
+        nm: tuple[int, int] | None = None,
+    ) -> LatencyTable:
+        """A table derived from the FLOPs cost model instead of timings (tests, dry runs).
+
+        Latency is taken as ``overhead`` of ``dense_ms`` fixed plus the rest proportional to
+        FLOPs; with ``nm`` an eligible unit's own FLOPs shrink by N/M under the pattern.
+        """
+        dense_flops = graph.dense_flops or 1
+
+        def ms(flops: float) -> float:
+            return dense_ms * (overhead + (1.0 - overhead) * flops / dense_flops)
+
+        curves = {}
+        for unit in graph.units:
+            if not (unit.channel_prunable or (nm and unit.nm_eligible)):
+                continue
+            points = [(1.0, dense_ms)]
+            if unit.channel_prunable:
+                counts = {channels_for(w, unit.channels) for w in widths if 0.0 < w < 1.0}
+                points = [
+                    (c / unit.channels, ms(graph.predict({unit.name: c}).flops))
+                    for c in sorted(counts)
+                    if c < unit.channels
+                ] + points
+            nm_ms = None
+            if nm is not None and unit.nm_eligible:
+                nm_ms = ms(dense_flops - unit.flops * (1.0 - nm[0] / nm[1]))
+            curves[unit.name] = UnitLatency(
+                widths=tuple(w for w, _ in points), ms=tuple(v for _, v in points), nm_ms=nm_ms
+            )
+        return cls(dense_ms=dense_ms, units=curves, device="synthetic", meta={"synthetic": True})
+
+    @classmethod
+    def measure(
+        cls,
+        model: nn.Module,
+        example_inputs: Any,
+        graph: UnitGraph,
+        device: str = "cpu",
+        widths: Sequence[float] = DEFAULT_WIDTHS,
+        *,
+        units: Iterable[str] | None = None,
+        nm: tuple[int, int] | None = None,
+        round_to: int = 1,
+        progress: bool = True,
+        warmup: int = 5,
+        min_run_time: float = 0.2,
+        repeats: int = 10,
+        threads: int | None = None,
+    ) -> LatencyTable:
+        """Time the model with each unit alone cut to each of ``widths``.
+
+        Args:
+            model: the dense model (not modified).
+            example_inputs: the input the latency is measured on (its batch size counts).
+            graph: the model's :func:`amc.units.analyze` result.
+            device: where to time ('cpu', 'cuda', 'cuda:N').
+            widths: kept fractions to measure below 1.0 (1.0 is the dense measurement).
+            units: unit names to measure; default every channel-prunable unit, plus every
+                N:M-eligible unit when ``nm`` is given.
+            nm: also time each N:M-eligible unit dense under this pattern.
+            round_to: channel rounding, as the plans will use it.
+            progress: show a progress bar.
+            warmup, min_run_time, repeats, threads: passed to
+                :func:`amc.measure.measure_latency`.
+        """
+        from amc.prune import apply_plan  # prune imports plan, which imports units: no cycle
+
+        if units is None:
+            chosen = [u for u in graph.units if u.channel_prunable or (nm and u.nm_eligible)]
+        else:
+            wanted = set(units)
+            chosen = [u for u in graph.units if u.name in wanted]
+        fractions = sorted({float(w) for w in widths if 0.0 < float(w) < 1.0})
+
+        def time(plan_units: Mapping[str, UnitPlan] | None) -> float:
+            candidate = model
+            if plan_units:
+                plan = PruningPlan(units=plan_units, model=graph.fingerprint, round_to=round_to)
+                candidate = apply_plan(model, plan, example_inputs, graph=graph)
+            stats = measure_latency(
+                candidate,
+                example_inputs,
+                device,
+                warmup=warmup,
+                min_run_time=min_run_time,
+                repeats=repeats,
+                threads=threads,
+            )
+            return stats.median_ms
+
+        jobs: list[tuple[str, float | None]] = []
+        for unit in chosen:
+            if unit.channel_prunable:
+                counts = sorted({channels_for(w, unit.channels, round_to) for w in fractions})
+                jobs.extend((unit.name, c / unit.channels) for c in counts if c < unit.channels)
+            if nm is not None and unit.nm_eligible:
+                jobs.append((unit.name, None))
+        bar = _progress(len(jobs) + 2, progress, f"latency table on {device}")
+        try:
+            dense_ms = time(None)
+            bar.update(1)
+            measured: dict[str, dict[float, float]] = {u.name: {} for u in chosen}
+            nm_ms: dict[str, float] = {}
+            for name, width in jobs:
+                count = graph.unit(name).channels
+                if width is None:
+                    assert nm is not None
+                    try:
+                        nm_ms[name] = time({name: UnitPlan(1.0, count, nm)})
+                    except PlanMismatchError:  # input size not a multiple of M: never offered
+                        pass
+                else:
+                    kept = round(width * count)
+                    measured[name][width] = time({name: UnitPlan(width, kept)})
+                bar.update(1)
+            # timed again at the end: the lower of the two is less disturbed by other load
+            dense_ms = min(dense_ms, time(None))
+            bar.update(1)
+        finally:
+            bar.close()
+        curves = {}
+        for unit in chosen:
+            points = sorted(measured[unit.name].items()) + [(1.0, dense_ms)]
+            # Timing noise can make a narrower model look slower: keep each curve monotone.
+            ms = np.minimum(np.maximum.accumulate([v for _, v in points]), dense_ms)
+            curves[unit.name] = UnitLatency(
+                widths=tuple(w for w, _ in points),
+                ms=tuple(float(v) for v in ms),
+                nm_ms=nm_ms.get(unit.name),
+            )
+        meta: dict[str, Any] = {"warmup": warmup, "min_run_time": min_run_time}
+        meta |= {"repeats": repeats, "threads": threads, "batch_size": _batch_size(example_inputs)}
+        meta |= {"round_to": round_to, "nm": f"{nm[0]}:{nm[1]}" if nm else None}
+        return cls(dense_ms=dense_ms, units=curves, device=str(device), meta=meta)
+
+
+def _batch_size(example_inputs: Any) -> int:
+    first = example_inputs if not isinstance(example_inputs, tuple | list) else example_inputs[0]
+    shape = getattr(first, "shape", None)
+    return int(shape[0]) if shape else 1
+
+
+def _progress(total: int, enabled: bool, description: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=description, unit="model")

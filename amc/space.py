@@ -1,0 +1,601 @@
+"""The search space every agent shares: which units to decide, the budget, and how to meet it.
+
+A :class:`SearchSpace` fixes the model's units, the resource target (a fraction of the dense
+model's FLOPs, params or latency), AMC's lower bound on keep ratios, channel rounding and the
+N:M pattern on offer. It predicts the resource of any per-unit keep map *after* channel rounding
+(the cost model of :mod:`amc.units`, or a measured :class:`~amc.latency_table.LatencyTable`),
+and offers two ways to stay within budget:
+
+* :meth:`SearchSpace.clip`: AMC's resource-constrained action clipping, for agents that decide
+  one unit at a time (the largest keep ratio that still leaves the budget reachable if every
+  undecided unit takes the lower bound);
+* :meth:`SearchSpace.repair`: for agents that propose whole plans, a bisection on one shared
+  scale of the removed fractions that maps any proposal onto the budget, keeping its shape.
+
+N:M patterns do not change FLOPs or params as :mod:`amc.measure` counts them (a masked layer
+costs its dense shape), so they only move latency targets, through the table's N:M timings.
+
+Example:
+    >>> space = SearchSpace.build(model, torch.randn(1, 3, 32, 32), "flops=0.5")
+    >>> keep = space.repair({unit.name: 0.3 for unit in space.units})
+    >>> plan = space.make_plan(keep, agent="example")
+    >>> space.cost_fraction(keep) <= 0.5
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from amc.errors import ConfigError, InfeasibleBudgetError, did_you_mean
+from amc.latency_table import LatencyTable
+from amc.plan import CRITERIA, TARGET_METRICS, PruningPlan, UnitPlan, channels_for
+from amc.units import LayerCost, Unit, UnitGraph, analyze
+
+_BISECTION_STEPS = 60
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resource budget: keep at most ``fraction`` of the dense model's ``metric``.
+
+    Example:
+        >>> Target.parse("flops=0.5")
+        Target(metric='flops', fraction=0.5)
+    """
+
+    metric: str
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in TARGET_METRICS:
+            raise ConfigError(
+                f"Unknown target metric {self.metric!r}."
+                f"{did_you_mean(self.metric, TARGET_METRICS)} Expected one of: "
+                f"{', '.join(TARGET_METRICS)} (as METRIC=FRACTION, e.g. 'flops=0.5')."
+            )
+        fraction = self.fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise ConfigError(f"Target fraction must be a number in (0, 1], got {fraction!r}.")
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(
+                f"Target fraction must be in (0, 1] (the share of the dense {self.metric} to "
+                f"keep), got {fraction!r}; e.g. '{self.metric}=0.5'."
+            )
+
+    @classmethod
+    def parse(cls, value: str | Target | Mapping[str, Any]) -> Target:
+        """Parse ``"flops=0.5"`` (also a Target, or ``{"metric": ..., "fraction": ...}``)."""
+        if isinstance(value, Target):
+            return value
+        if isinstance(value, Mapping):
+            return cls(str(value.get("metric")), value.get("fraction"))  # type: ignore[arg-type]
+        if not isinstance(value, str) or value.count("=") != 1:
+            raise ConfigError(
+                f"Cannot read target {value!r}: expected METRIC=FRACTION with METRIC one of "
+                f"{', '.join(TARGET_METRICS)}, e.g. 'flops=0.5' or 'latency=0.7'."
+            )
+        metric, _, text = (part.strip() for part in value.partition("="))
+        metric = metric.lower()
+        try:
+            fraction = float(text)
+        except ValueError:
+            raise ConfigError(
+                f"Cannot read target {value!r}: the fraction {text!r} is not a number. Expected "
+                f"METRIC=FRACTION with FRACTION in (0, 1], e.g. '{metric or 'flops'}=0.5'."
+            ) from None
+        if math.isnan(fraction):
+            raise ConfigError(f"Target fraction must be in (0, 1], got {text!r}.")
+        return cls(metric, fraction)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"metric": ..., "fraction": ...}``, the form plans store."""
+        return {"metric": self.metric, "fraction": self.fraction}
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.fraction:g}"
+
+
+@dataclass(eq=False)
+class SearchSpace:
+    """The decisions a search makes for one model and budget (see the module docstring).
+
+    Build it with :meth:`build`; constructing it directly needs the unit graph. Keep maps are
+    ``{unit name: keep ratio}``; units left out of a keep map stay dense, except in :meth:`clip`
+    where undecided units count at ``lower_bound``.
+
+    Raises:
+        InfeasibleBudgetError: the target is below what every unit at ``lower_bound`` reaches.
+    """
+
+    model: nn.Module
+    example_inputs: Any
+    graph: UnitGraph
+    target: Target
+    lower_bound: float = 0.2
+    round_to: int = 1
+    nm: tuple[int, int] | None = None
+    criterion: str = "l1"
+    latency_table: LatencyTable | None = None
+    _units: list[Unit] = field(init=False, repr=False)
+    _cost: _CostModel = field(init=False, repr=False)
+    _dense_channels: dict[str, int] = field(init=False, repr=False)
+    _nm_offered: set[str] = field(init=False, repr=False)
+    _layers_by_name: dict[str, LayerCost] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.target = Target.parse(self.target)
+        if not 0.0 < self.lower_bound <= 1.0:
+            raise ConfigError(f"lower_bound must be in (0, 1], got {self.lower_bound!r}.")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int):
+            raise ConfigError(f"round_to must be a positive integer, got {self.round_to!r}.")
+        if self.round_to < 1:
+            raise ConfigError(f"round_to must be a positive integer, got {self.round_to!r}.")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(
+                f"Unknown criterion {self.criterion!r}.{did_you_mean(self.criterion, CRITERIA)} "
+                f"Expected one of: {', '.join(CRITERIA)}."
+            )
+        if self.nm is not None:
+            n, m = self.nm
+            if not 0 < n < m:
+                raise ConfigError(f"nm must be (N, M) with 0 < N < M, e.g. (2, 4); got {self.nm}.")
+            self.nm = (int(n), int(m))
+        if self.target.metric == "latency" and self.latency_table is None:
+            raise ConfigError(
+                "A latency target needs a latency table measured on the device: build the space "
+                "with SearchSpace.build(..., device='cpu' or 'cuda'), or pass latency_table=."
+            )
+        self._units = [
+            unit
+            for unit in self.graph.units
+            if unit.channel_prunable or (self.nm is not None and unit.nm_eligible)
+        ]
+        if not self._units:
+            raise ConfigError(
+                "The model has no prunable units (no Conv/Linear layer whose output channels can "
+                "be cut, other than the output layer); there is nothing to search."
+            )
+        self._cost = _CostModel(self.graph)
+        self._dense_channels = {unit.name: unit.channels for unit in self.graph.units}
+        self._layers_by_name = {layer.name: layer for layer in self.graph.layers}
+        eligible = {u.name for u in self._units if self.nm is not None and u.nm_eligible}
+        # offered only where the dense input sizes are multiples of M
+        self._nm_offered = self._fitting_nm(self._dense_channels, eligible)
+        smallest = self.smallest_fraction()
+        if smallest > self.target.fraction:
+            raise InfeasibleBudgetError(
+                f"Target {self.target} cannot be met: with every unit at the lower bound "
+                f"{self.lower_bound:g} the model keeps {smallest:.4f} of its dense "
+                f"{self.target.metric}. Use a target fraction of at least {smallest:.4f}, or "
+                f"lower lower_bound."
+            )
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        example_inputs: Any,
+        target: str | Target,
+        *,
+        device: str | None = "cpu",
+        lower_bound: float = 0.2,
+        round_to: int = 1,
+        nm: tuple[int, int] | None = None,
+        criterion: str = "l1",
+        graph: UnitGraph | None = None,
+        latency_table: LatencyTable | None = None,
+        latency_options: Mapping[str, Any] | None = None,
+    ) -> SearchSpace:
+        """Analyse ``model`` and build its space; a latency target measures the table first.
+
+        Args:
+            model: the dense model (never modified).
+            example_inputs: a tensor (or tuple) the model accepts; latency is timed on it.
+            target: ``"flops=0.5"``, ``"params=0.5"``, ``"latency=0.5"`` or a :class:`Target`.
+            device: where a latency table is measured; required for latency targets.
+            lower_bound: the smallest keep ratio a unit may take (AMC uses 0.2).
+            round_to: channel counts are rounded to multiples of this.
+            nm: an ``(n, m)`` pattern offered to N:M-eligible units, or None.
+            criterion: channel criterion recorded in plans.
+            graph: the :func:`amc.units.analyze` result, to skip recomputing it.
+            latency_table: a table measured before (e.g. loaded from a study).
+            latency_options: extra keyword arguments for :meth:`LatencyTable.measure`.
+        """
+        parsed = Target.parse(target)
+        graph = graph or analyze(model, example_inputs)
+        if parsed.metric == "latency" and latency_table is None:
+            if device is None:
+                raise ConfigError(
+                    f"Target {parsed} needs a device to measure latency on, but device=None. "
+                    f"Pass device='cpu' or 'cuda', or a measured latency_table."
+                )
+            latency_table = LatencyTable.measure(
+                model, example_inputs, graph, device, nm=nm, round_to=round_to,
+                **dict(latency_options or {}),
+            )  # fmt: skip
+        return cls(
+            model=model,
+            example_inputs=example_inputs,
+            graph=graph,
+            target=parsed,
+            lower_bound=lower_bound,
+            round_to=round_to,
+            nm=nm,
+            criterion=criterion,
+            latency_table=latency_table,
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # what is decided
+    # ---------------------------------------------------------------------------------------
+
+    @property
+    def units(self) -> list[Unit]:
+        """The units the search decides, in execution order."""
+        return list(self._units)
+
+    @property
+    def names(self) -> list[str]:
+        """Names of :attr:`units`, in order."""
+        return [unit.name for unit in self._units]
+
+    def offers_nm(self, unit: Unit | str) -> bool:
+        """Whether the N:M pattern is on offer for ``unit``."""
+        name = unit if isinstance(unit, str) else unit.name
+        return name in self._nm_offered
+
+    def action_to_keep(self, action: float) -> float:
+        """Map an action in [0, 1] to a keep ratio in [lower_bound, 1]."""
+        action = min(1.0, max(0.0, float(action)))
+        return self.lower_bound + action * (1.0 - self.lower_bound)
+
+    def keep_to_action(self, keep_ratio: float) -> float:
+        """Inverse of :meth:`action_to_keep`, clamped to [0, 1]."""
+        if self.lower_bound >= 1.0:
+            return 1.0
+        action = (keep_ratio - self.lower_bound) / (1.0 - self.lower_bound)
+        return min(1.0, max(0.0, action))
+
+    # ---------------------------------------------------------------------------------------
+    # cost
+    # ---------------------------------------------------------------------------------------
+
+    def channels(self, keep: Mapping[str, float]) -> dict[str, int]:
+        """Channels kept per searched unit after rounding (units not in ``keep`` stay dense)."""
+        result = {}
+        for unit in self._units:
+            ratio = self._bounded(unit, keep.get(unit.name, 1.0))
+            result[unit.name] = channels_for(ratio, unit.channels, self.round_to)
+        return result
+
+    def cost_fraction(
+        self, keep: Mapping[str, float], nm_choices: Mapping[str, bool] | None = None
+    ) -> float:
+        """The target resource of a plan as a fraction of the dense model's, after rounding."""
+        return self._fraction(self.channels(keep), self._nm_used(nm_choices or {}))
+
+    def predicted(
+        self, keep: Mapping[str, float], nm_choices: Mapping[str, bool] | None = None
+    ) -> dict[str, float]:
+        """Predicted ``flops``, ``params`` (and ``latency_ms`` with a table) of a plan."""
+        channels = self.channels(keep)
+        flops, params = self._cost.cost(self._ratios(channels))
+        result = {"flops": flops, "params": params}
+        if self.latency_table is not None:
+            result["latency_ms"] = self._latency(channels, self._nm_used(nm_choices or {}))
+        return result
+
+    def smallest_fraction(self) -> float:
+        """The resource fraction with every unit at ``lower_bound`` (the least reachable)."""
+        keep = {unit.name: self.lower_bound for unit in self._units}
+        return self._fraction(self.channels(keep), self._cheapest_nm(set(self.names)))
+
+    def fits(
+        self, keep: Mapping[str, float], nm_choices: Mapping[str, bool] | None = None
+    ) -> bool:
+        """Whether a plan meets the target after channel rounding."""
+        return self.cost_fraction(keep, nm_choices) <= self.target.fraction
+
+    # ---------------------------------------------------------------------------------------
+    # meeting the budget
+    # ---------------------------------------------------------------------------------------
+
+    def clip(
+        self,
+        index: int,
+        keep_ratio: float,
+        decided: Mapping[str, float],
+        *,
+        nm_choices: Mapping[str, bool] | None = None,
+    ) -> float:
+        """AMC's resource-constrained clipping of the keep ratio of ``units[index]``.
+
+        Returns the largest keep ratio <= ``keep_ratio`` (and >= ``lower_bound``) such that the
+        target is still met when every unit not in ``decided`` takes ``lower_bound`` (and its
+        cheapest N:M option). Ratios that pass are returned unchanged; ones that do not are
+        lowered to the largest channel count that fits.
+
+        Args:
+            index: position of the unit in :attr:`units`.
+            keep_ratio: the ratio asked for.
+            decided: keep ratios of the units decided so far.
+            nm_choices: N:M choices made so far, the current unit's included.
+        """
+        unit = self._units[index]
+        if not unit.channel_prunable:
+            return 1.0
+        requested = self._bounded(unit, keep_ratio)
+        nm_choices = dict(nm_choices or {})
+        rest = {u.name for u in self._units if u.name not in decided and u is not unit}
+        nm_used = self._nm_used(nm_choices) | self._cheapest_nm(rest - set(nm_choices))
+        keep = {u.name: self.lower_bound for u in self._units} | dict(decided)
+
+        def fits(ratio: float) -> bool:
+            keep[unit.name] = ratio
+            return self._fraction(self.channels(keep), nm_used) <= self.target.fraction
+
+        if fits(requested):
+            return requested
+        step = self.round_to if unit.channels >= self.round_to else 1
+        counts = [
+            count
+            for count in range(step, unit.channels + 1, step)
+            if self.lower_bound < count / unit.channels < requested
+        ]
+        low, high = 0, len(counts)  # counts[:low] fit, counts[high:] do not
+        while low < high:
+            middle = (low + high) // 2
+            if fits(counts[middle] / unit.channels):
+                low = middle + 1
+            else:
+                high = middle
+        return counts[low - 1] / unit.channels if low else self.lower_bound
+
+    def clip_nm(
+        self,
+        index: int,
+        use_nm: bool,
+        decided: Mapping[str, float],
+        nm_choices: Mapping[str, bool] | None = None,
+    ) -> bool:
+        """Clip the N:M choice of ``units[index]`` as :meth:`clip` clips its keep ratio.
+
+        Returns ``use_nm`` (False where N:M is not offered, or where the input sizes decided so
+        far are not multiples of M) unless that choice would make the target unreachable with
+        this and every undecided unit at ``lower_bound``; then the other choice.
+        Only latency targets can force it (N:M does not change FLOPs or params).
+        """
+        unit = self._units[index]
+        if not self.offers_nm(unit):
+            return False
+        if use_nm and not self._fitting_nm(self.channels(decided), {unit.name}):
+            use_nm = False  # the input sizes decided so far cannot hold the pattern
+        choices = {name: used for name, used in (nm_choices or {}).items() if name != unit.name}
+        rest = {u.name for u in self._units if u.name not in decided and u is not unit}
+        nm_used = self._nm_used(choices) | self._cheapest_nm(rest - set(choices))
+        keep = {u.name: self.lower_bound for u in self._units} | dict(decided)
+        keep[unit.name] = self.lower_bound
+        if use_nm:
+            nm_used.add(unit.name)
+        if self._fraction(self.channels(keep), nm_used) <= self.target.fraction:
+            return use_nm
+        return not use_nm and bool(self._fitting_nm(self.channels(decided), {unit.name}))
+
+    def repair(
+        self,
+        keep: Mapping[str, float],
+        nm_choices: Mapping[str, bool] | None = None,
+        *,
+        fill: bool = True,
+    ) -> dict[str, float]:
+        """Map a whole proposal onto the budget, keeping its shape.
+
+        The removed fraction of every unit is scaled by one shared factor ``s``:
+        ``keep_i(s) = clamp(1 - s * (1 - keep_i), lower_bound, 1)``, and ``s`` is found by
+        bisection: the smallest ``s`` that meets the target (so an over-budget proposal is cut
+        proportionally, and with ``fill`` an under-budget one grows until it uses the budget).
+        If even all scaled units at ``lower_bound`` miss the target, the units the proposal
+        left dense are blended toward ``lower_bound`` the same way. Units not named in ``keep``
+        count as dense proposals. Returns a keep map over :attr:`names` that fits, unless
+        ``nm_choices`` make the target unreachable (then every unit is at ``lower_bound``).
+        """
+        nm_used = self._nm_used(nm_choices or {})
+        prunable = [u for u in self._units if u.channel_prunable]
+        base = np.array([self._bounded(u, keep.get(u.name, 1.0)) for u in prunable])
+        removed = 1.0 - base
+
+        def shaped(scale: float, blend: float = 0.0) -> dict[str, float]:
+            ratios = (
+                base if scale == 1.0 else np.clip(1.0 - scale * removed, self.lower_bound, 1.0)
+            )
+            ratios = ratios - blend * (ratios - self.lower_bound)
+            result = {u.name: 1.0 for u in self._units}
+            result.update({u.name: float(r) for u, r in zip(prunable, ratios, strict=True)})
+            return result
+
+        def fits(candidate: dict[str, float]) -> bool:
+            return self._fraction(self.channels(candidate), nm_used) <= self.target.fraction
+
+        proposal = shaped(1.0)
+        if fits(proposal):
+            if not fill:
+                return proposal
+            return shaped(_bisect(lambda scale: fits(shaped(scale)), 0.0, 1.0))
+        positive = removed[removed > 0]
+        top = max(1.0, (1.0 - self.lower_bound) / positive.min()) if positive.size else 1.0
+        if fits(shaped(top)):
+            return shaped(_bisect(lambda scale: fits(shaped(scale)), 1.0, top))
+        return shaped(top, _bisect(lambda blend: fits(shaped(top, blend)), 0.0, 1.0))
+
+    def make_plan(
+        self,
+        keep: Mapping[str, float],
+        nm_choices: Mapping[str, bool] | None = None,
+        **provenance: Any,
+    ) -> PruningPlan:
+        """The plan for a keep map (and N:M choices), checked against the budget after rounding.
+
+        Every unit of the model appears; units that are not searched stay dense. An N:M choice is
+        dropped where the unit's (pruned) input size is not a multiple of M. If rounding or a
+        dropped N:M choice pushed the plan over budget, the keep map is tightened with
+        :meth:`repair` (``fill=False``) before the plan is made.
+
+        Args:
+            keep: unit name -> keep ratio.
+            nm_choices: unit name -> use the space's N:M pattern.
+            **provenance: recorded in the plan's provenance (agent, episode, ...).
+        """
+        nm_used = self._fitting_nm(self.channels(keep), self._nm_used(nm_choices or {}))
+        if not self.fits(keep, dict.fromkeys(nm_used, True)):
+            keep = self.repair(keep, dict.fromkeys(nm_used, True), fill=False)
+            nm_used = self._fitting_nm(self.channels(keep), nm_used)
+        if not self.fits(keep, dict.fromkeys(nm_used, True)):
+            # the N:M choices make the target unreachable: use N:M exactly where it saves time
+            nm_used = self._cheapest_nm(set(self.names))
+            keep = self.repair(keep, dict.fromkeys(nm_used, True), fill=False)
+            nm_used = self._fitting_nm(self.channels(keep), nm_used)
+        choices = dict.fromkeys(nm_used, True)
+        if not self.fits(keep, choices):  # an invariant: repair always returns a fitting map
+            raise InfeasibleBudgetError(
+                f"Could not fit a plan into target {self.target}; the smallest reachable "
+                f"fraction is {self.smallest_fraction():.4f}."
+            )
+        channels = self.channels(keep)
+        units = {}
+        for unit in self.graph.units:
+            if unit.name in channels:
+                ratio = self._bounded(unit, keep.get(unit.name, 1.0))
+                count = channels[unit.name]
+            else:
+                ratio, count = 1.0, unit.channels
+            pattern = self.nm if unit.name in nm_used else None
+            units[unit.name] = UnitPlan(keep_ratio=ratio, channels=count, nm=pattern)
+        return PruningPlan(
+            units=units,
+            model=self.graph.fingerprint,
+            target=self.target.to_json(),
+            criterion=self.criterion,
+            round_to=self.round_to,
+            provenance=dict(provenance),
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # internals
+    # ---------------------------------------------------------------------------------------
+
+    def _bounded(self, unit: Unit, keep_ratio: float) -> float:
+        if not unit.channel_prunable:
+            return 1.0
+        return min(1.0, max(self.lower_bound, float(keep_ratio)))
+
+    def _ratios(self, channels: Mapping[str, int]) -> dict[str, float]:
+        return {name: count / self._dense_channels[name] for name, count in channels.items()}
+
+    def _fraction(self, channels: Mapping[str, int], nm_used: set[str]) -> float:
+        if self.target.metric == "latency":
+            assert self.latency_table is not None  # checked in __post_init__
+            # a pattern the pruned input size cannot hold is dropped from the plan: no saving
+            fitting = self._fitting_nm(channels, nm_used) if nm_used else nm_used
+            return self._latency(channels, fitting) / self.latency_table.dense_ms
+        flops, params = self._cost.cost(self._ratios(channels))
+        if self.target.metric == "flops":
+            return flops / self.graph.dense_flops
+        return params / self._cost.dense_params
+
+    def _latency(self, channels: Mapping[str, int], nm_used: set[str]) -> float:
+        assert self.latency_table is not None
+        return self.latency_table.estimate(self._ratios(channels), dict.fromkeys(nm_used, True))
+
+    def _nm_used(self, nm_choices: Mapping[str, bool]) -> set[str]:
+        return {name for name, used in nm_choices.items() if used and self.offers_nm(name)}
+
+    def _cheapest_nm(self, names: set[str]) -> set[str]:
+        """Of ``names``, those where N:M lowers the target resource (latency tables only)."""
+        table = self.latency_table
+        if self.nm is None or self.target.metric != "latency" or table is None:
+            return set()
+        return {
+            name
+            for name in names
+            if self.offers_nm(name)
+            and (curve := table.units.get(name)) is not None
+            and curve.nm_ms is not None
+            and curve.nm_ms < table.dense_ms
+        }
+
+    def _fitting_nm(self, channels: Mapping[str, int], nm_used: set[str]) -> set[str]:
+        """Of ``nm_used``, the units whose N:M layers' input sizes are multiples of M."""
+        if self.nm is None:
+            return set()
+        m = self.nm[1]
+        by_layer = self._layers_by_name
+        fitting = set()
+        for name in nm_used:
+            ok = True
+            for layer_name in self.graph.unit(name).nm_layers:
+                layer = by_layer.get(layer_name)
+                if layer is None:
+                    continue
+                features = layer.in_features
+                if layer.in_unit is not None:
+                    dense = self.graph.unit(layer.in_unit).channels
+                    features = features * channels.get(layer.in_unit, dense) // dense
+                ok = ok and features % m == 0
+            if ok:
+                fitting.add(name)
+        return fitting
+
+
+class _CostModel:
+    """:meth:`UnitGraph.predict` vectorised: FLOPs and params of per-unit channel fractions."""
+
+    def __init__(self, graph: UnitGraph) -> None:
+        self.names = [unit.name for unit in graph.units]
+        slot = {name: i for i, name in enumerate(self.names)}
+        dense_slot = len(self.names)  # a constant 1.0 for layers no unit scales
+        layers = graph.layers
+        self.out_slot = np.array([slot.get(x.out_unit or "", dense_slot) for x in layers], int)
+        self.in_slot = np.array([slot.get(x.in_unit or "", dense_slot) for x in layers], int)
+        self.flops = np.array([x.flops for x in layers], float)
+        self.weight_params = np.array([x.weight_params for x in layers], float)
+        self.other_params = np.array([x.other_params for x in layers], float)
+        self.fixed_flops = float(graph.fixed_flops)
+        self.dense_params = float(graph.dense_params)
+        # parameters no layer entry covers (bare tensors no unit cuts) never change
+        self.fixed_params = self.dense_params - float(
+            self.weight_params.sum() + self.other_params.sum()
+        )
+
+    def cost(self, ratios: Mapping[str, float]) -> tuple[float, float]:
+        vector = np.ones(len(self.names) + 1)
+        for i, name in enumerate(self.names):
+            vector[i] = ratios.get(name, 1.0)
+        out_keep, in_keep = vector[self.out_slot], vector[self.in_slot]
+        flops = self.fixed_flops + float(np.dot(self.flops, out_keep * in_keep))
+        params = self.fixed_params + float(
+            np.dot(self.weight_params, out_keep * in_keep) + np.dot(self.other_params, out_keep)
+        )
+        return flops, params
+
+
+def _bisect(fits: Any, low: float, high: float) -> float:
+    """The smallest value in [low, high] where the monotone ``fits`` holds (``high`` must)."""
+    for _ in range(_BISECTION_STEPS):
+        middle = (low + high) / 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle
+        if high - low < 1e-9:
+            break
+    return high
+
+
+__all__ = ["SearchSpace", "Target"]

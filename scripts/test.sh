@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): set up .venv, start a local PostgreSQL for the
+# storage tests, lint, type-check, run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if url=$(bash scripts/postgres.sh); then
+  export AMC_TEST_POSTGRES="${url##*$'\n'}"
+fi
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy amc
+.venv/bin/python -m pytest -q "$@"
