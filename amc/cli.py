@@ -247,6 +247,199 @@ def apply(
     console.print(f"wrote {artifacts.folder}/ (weights.safetensors, plan.json, program.pt2)")
 
 
+Storage = Annotated[
+    str | None,
+    typer.Option("--storage", help="Optuna storage URL (default sqlite:///runs/amc.db)."),
+]
+DEMO = Path(__file__).resolve().parent.parent / "experiments" / "demo.yaml"
+
+
+@app.command()
+def search(
+    config: Annotated[
+        Path | None, typer.Argument(help="Experiment YAML; none runs experiments/demo.yaml.")
+    ] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Agent name.")] = None,
+    episodes: Annotated[int | None, typer.Option("--episodes", min=1)] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="METRIC=FRACTION, e.g. latency=0.5.")
+    ] = None,
+    storage: Storage = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name.")] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray address: auto or ray://host:10001.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="Ray workers; 0 = in-process.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Search a per-layer pruning plan; every evaluation is recorded in an Optuna study."""
+    from amc.config import load_config
+
+    overrides = {
+        "agent.name": agent,
+        "episodes": episodes,
+        "target": target,
+        "storage": storage,
+        "study": study,
+        "ray.address": address,
+        "ray.workers": workers,
+        "seed": seed,
+    }
+    path = config or _demo_config()
+    _run_experiment(load_config(path, overrides), progress=not quiet, resume=False)
+
+
+@app.command()
+def resume(
+    study: Annotated[str, typer.Argument(help="Study to continue.")],
+    storage: Storage = None,
+    episodes: Annotated[
+        int | None, typer.Option("--episodes", min=1, help="New total of completed episodes.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Continue a search after a crash or kill: RUNNING trials are re-run, the agent restored."""
+    from amc.config import ExperimentConfig
+    from amc.experiment import resume_config
+
+    config = resume_config(storage, study)
+    data = config.model_dump()
+    if episodes is not None:
+        data["episodes"] = episodes
+    if workers is not None:
+        data["ray"]["workers"] = workers
+    _run_experiment(ExperimentConfig.model_validate(data), progress=not quiet, resume=True)
+
+
+@app.command()
+def studies(storage: Storage = None) -> None:
+    """List the studies in a storage."""
+    from amc.report import studies_table
+    from amc.study import list_studies
+
+    console.print(studies_table(list_studies(storage)))
+
+
+@app.command()
+def show(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: Storage = None,
+    plots: Annotated[
+        Path | None, typer.Option("--plots", help="Write PNG plots and summary.md here.")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Best trials to list.")] = 5,
+) -> None:
+    """Print the best trials, the Pareto front and dense/uniform/best; optionally plot them."""
+    from amc.report import best_table, comparison_rows, comparison_table, write_report
+    from amc.study import SearchRecord
+
+    record = SearchRecord.open(storage, study)
+    console.print(comparison_table(comparison_rows(record), title=f"{study}: dense vs pruned"))
+    console.print(best_table(record.best(top), record.objectives, title="Best trials"))
+    if len(record.directions) > 1:
+        console.print(best_table(record.pareto_front(), record.objectives, title="Pareto front"))
+    if plots is not None:
+        for path in write_report(record, plots):
+            console.print(f"wrote {path}")
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    out: Annotated[Path, typer.Option("--out", help="Plan JSON to write.")],
+    trial: Annotated[str, typer.Option("--trial", help="Trial number or 'best'.")] = "best",
+    storage: Storage = None,
+) -> None:
+    """Write the plan of a trial (default the best) as JSON for `amc apply`."""
+    from amc.study import SearchRecord
+
+    record = SearchRecord.open(storage, study)
+    completed = record.completed()
+    if trial == "best":
+        chosen = record.best(1)
+    elif trial.isdigit():
+        chosen = [t for t in completed if t.number == int(trial)]
+    else:
+        raise ConfigError(f"--trial must be a trial number or 'best', got {trial!r}.")
+    if not chosen or chosen[0].plan is None:
+        numbers = ", ".join(str(t.number) for t in completed[:20]) or "none"
+        raise ConfigError(
+            f"Study {study!r} has no completed trial {trial!r}. Completed trials: {numbers}."
+        )
+    plan = chosen[0].plan.with_provenance(study=study, trial=chosen[0].number)
+    plan = plan.with_metrics(
+        **{k: v for k, v in chosen[0].metrics.items() if isinstance(v, int | float | str)}
+    )
+    console.print(f"wrote {plan.save(out)} (trial {chosen[0].number})")
+
+
+@app.command()
+def dashboard(
+    storage: Storage = None,
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Listen address.")] = "127.0.0.1",
+) -> None:
+    """Start optuna-dashboard on the same storage (localhost unless told otherwise)."""
+    import optuna_dashboard
+
+    from amc.study import storage_from_url
+
+    backend = storage_from_url(storage, create=False)
+    console.print(f"optuna-dashboard on http://{host}:{port} (Ctrl-C to stop)")
+    optuna_dashboard.run_server(backend, host=host, port=port)
+
+
+def _demo_config() -> Path:
+    local = Path("experiments/demo.yaml")
+    return local if local.is_file() else DEMO
+
+
+def _run_experiment(config: Any, *, progress: bool, resume: bool) -> None:
+    from amc import experiment
+    from amc.report import comparison_table
+    from amc.study import display_url
+
+    console.print(
+        f"[bold]amc search[/] {config.model} on {config.data}, target {config.target} on "
+        f"{config.device}, agent {config.agent.name}, {config.episodes} episodes"
+    )
+    prepared = experiment.prepare(config, progress=progress)
+    storage = display_url(config.storage)
+    try:
+        record, outcome = experiment.search(prepared, progress=progress, resume=resume)
+    except KeyboardInterrupt:
+        errors.print(
+            f"stopped; in-flight trials were recorded as failed and the agent checkpointed. "
+            f"Continue with: amc resume {prepared.study} --storage {storage}"
+        )
+        raise
+    finished = experiment.finish(prepared, record)
+    console.print(comparison_table(finished.rows, title=f"{prepared.study}: dense vs pruned"))
+    console.print(
+        f"{outcome.completed} episodes recorded in study {prepared.study!r} ({storage}), "
+        f"{outcome.failed} failed, {outcome.elapsed_s:.0f} s"
+    )
+    if finished.plan_path:
+        console.print(f"best plan:    {finished.plan_path}")
+    if finished.pruned_dir:
+        console.print(f"pruned model: {finished.pruned_dir}/")
+    if finished.plots:
+        console.print(f"plots:        {finished.plots[0].parent}/")
+    option = "" if config.storage == "sqlite:///runs/amc.db" else f" --storage {storage}"
+    console.print(
+        "next:\n"
+        f"  amc show {prepared.study}{option} --plots runs/{prepared.study}/plots\n"
+        f"  amc apply {finished.plan_path} --model {config.model} --weights "
+        f"{prepared.spec.weights} --input-shape {','.join(map(str, config.input_shape))} "
+        f"--data {config.data} --finetune-steps 200 --out runs/{prepared.study}/finetuned\n"
+        f"  amc dashboard{option}"
+    )
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

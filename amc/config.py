@@ -54,7 +54,9 @@ class RayConfig(_Strict):
     """Where evaluations run: null address starts a local Ray inside the process."""
 
     address: str | None = None
-    workers: int | None = Field(None, ge=1, description="null = one per CPU core")
+    workers: int | None = Field(
+        None, ge=0, description="null = one per CPU core; 0 = evaluate in-process, no Ray"
+    )
 
 
 class ExperimentConfig(_Strict):

@@ -1,0 +1,357 @@
+"""Optuna samplers as agents: TPE, CMA-ES and NSGA-II over per-unit keep ratios.
+
+Each agent keeps an in-memory Optuna study of its own (the search service records trials in
+its own storage; this study is only the sampler's memory). ``ask`` is ``study.ask()`` with one
+``suggest_float("keep:<unit>", lower_bound, 1)`` per unit (and, where the space enables N:M,
+one ``suggest_categorical("nm:<unit>", ["dense", "N:M"])`` per eligible unit); the sampled keep
+ratios are repaired onto the budget with ``space.repair`` so every plan is feasible, and the
+trial is told the value of the repaired plan (repair is part of the objective).
+``tell`` is ``study.tell(trial, value)``; a failed evaluation is ``TrialState.FAIL``.
+
+Objectives: single-objective agents maximise ``result["reward"]``. ``nsga2`` (and ``tpe`` with
+``multi_objective=True``) maximise ``result["accuracy"]`` and minimise ``result["latency_ms"]``;
+:meth:`OptunaAgent.pareto_front` lists the non-dominated trials.
+
+Resume, exactly: the state is the seed, the settings and the log of every ask and tell with its
+params and values (JSON). ``load_state_dict`` re-executes that log on a fresh study with a
+sampler seeded as the original was, so the sampler draws the same numbers in the same order and
+rebuilds its own memory (e.g. CMA-ES's optimizer, which Optuna keeps pickled inside the study:
+it never leaves the process, and nothing pickled is read back); the next ``ask`` then equals the
+original's. Each re-executed ask is checked against the logged params; if another Optuna version
+draws differently, the logged trials are added instead with
+``study.add_trial(create_trial(...))`` (same numbers, params and outcomes, asked-but-untold ones
+left RUNNING), which resumes from the same data but not bit-identically, with a warning.
+
+Example:
+    >>> agent = TPEAgent(space, seed=0, n_startup_trials=5)
+    >>> proposals = agent.ask(2)
+    >>> agent.tell(proposals, [{"reward": 0.7}, None])
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from agents import Setting, check_settings, check_state_format
+from agents.base import Agent, Proposal, Result
+from amc.errors import ConfigError
+
+DENSE = "dense"
+PARETO_OBJECTIVES = ("accuracy", "latency_ms")
+PARETO_DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize")
+
+
+class OptunaAgent(Agent):
+    """Shared ask/tell over an in-memory Optuna study; subclasses pick the sampler."""
+
+    SETTINGS: Mapping[str, Setting] = {}
+    multi_objective = False
+    directions: tuple[Literal["maximize", "minimize"], ...] = ("maximize",)
+
+    def __init__(self, space: Any, seed: int = 0, **settings: Any) -> None:
+        self.space = space
+        self.seed = seed
+        self.settings = check_settings(self.name, settings, self.SETTINGS)
+        if self.settings.get("multi_objective", type(self).multi_objective):
+            self.multi_objective = True
+            self.objectives = PARETO_OBJECTIVES
+            self.directions = PARETO_DIRECTIONS
+        self._log: list[dict[str, Any]] = []
+        self._fresh_study()
+
+    # -- the sampler -------------------------------------------------------------------------
+
+    def _make_sampler(self) -> optuna.samplers.BaseSampler:
+        raise NotImplementedError
+
+    def _fresh_study(self) -> None:
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" per agent
+        try:
+            self.study = optuna.create_study(
+                sampler=self._make_sampler(), directions=list(self.directions)
+            )
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        self._running: dict[int, optuna.trial.Trial | int] = {}  # asked, not yet told
+        self.episode = 0
+
+    def _distributions(self) -> dict[str, Any]:
+        low = self.space.lower_bound
+        distributions: dict[str, Any] = {}
+        for unit in self.space.units:
+            if unit.channel_prunable:
+                distributions[f"keep:{unit.name}"] = FloatDistribution(low, 1.0)
+        if self.space.nm is not None:
+            pattern = _nm_text(self.space.nm)
+            for unit in self.space.units:
+                if self.space.offers_nm(unit):
+                    distributions[f"nm:{unit.name}"] = CategoricalDistribution([DENSE, pattern])
+        return distributions
+
+    # -- ask / tell --------------------------------------------------------------------------
+
+    def ask(self, n: int = 1) -> list[Proposal]:
+        """``n`` new trials, each sampled, repaired onto the budget and turned into a plan."""
+        return [self._ask_one() for _ in range(n)]
+
+    def _ask_one(self) -> Proposal:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            trial = self.study.ask(self._distributions())
+        raw = dict(trial.params)
+        self._running[trial.number] = trial
+        self._log.append({"ask": trial.number, "params": raw})
+        return self._proposal(trial.number, raw)
+
+    def _proposal(self, number: int, raw: Mapping[str, Any]) -> Proposal:
+        keep = {unit.name: float(raw.get(f"keep:{unit.name}", 1.0)) for unit in self.space.units}
+        nm_choices = None
+        if self.space.nm is not None:
+            nm_choices = {
+                unit.name: raw.get(f"nm:{unit.name}", DENSE) != DENSE
+                for unit in self.space.units
+                if self.space.offers_nm(unit)
+            }
+        keep = {name: float(ratio) for name, ratio in self.space.repair(keep, nm_choices).items()}
+        plan = self.space.make_plan(
+            keep, nm_choices, agent=self.name, episode=self.episode, trial=number
+        )
+        # the plan's ratios: make_plan may tighten a map that rounding pushed over budget
+        params = {name: float(plan.units[name].keep_ratio) for name in keep}
+        for name, unit_plan in plan.units.items():
+            if nm_choices is not None and name in nm_choices:
+                params[f"nm:{name}"] = float(unit_plan.nm is not None)
+        proposal = Proposal(
+            plan=plan,
+            params=params,
+            episode=self.episode,
+            info={"trial": number, "optuna_params": dict(raw)},
+        )
+        self.episode += 1
+        return proposal
+
+    def tell(self, proposals: Sequence[Proposal], results: Sequence[Result]) -> None:
+        """Tell each proposal's trial its value(s); ``None`` (or a non-finite value) fails it."""
+        if len(proposals) != len(results):
+            raise ValueError(
+                f"tell got {len(proposals)} proposals but {len(results)} results; "
+                f"pass one result (or None) per proposal"
+            )
+        for proposal, result in zip(proposals, results, strict=True):
+            values = self._values(result)
+            number = int(proposal.info["trial"])
+            if number not in self._running:
+                # not asked of this study (e.g. another agent's): record the data all the same
+                raw = dict(proposal.info["optuna_params"])
+                self._log.append({"ask": None, "params": raw})
+                number = self._add_running(raw)
+                self._log.append({"tell": None, "values": values})
+                self._running[number] = number
+            else:
+                self._log.append({"tell": number, "values": values})
+            self._tell_one(number, values)
+
+    def _tell_one(self, number: int, values: list[float] | None) -> None:
+        trial = self._running.pop(number)
+        if values is None:
+            self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            self.study.tell(trial, values)
+
+    def _values(self, result: Result) -> list[float] | None:
+        if result is None:
+            return None
+        keys = self.objectives
+        missing = [key for key in keys if key not in result]
+        if missing:
+            raise ConfigError(
+                f"Agent {self.name!r} optimises {', '.join(keys)}, but the result has no "
+                f"{', '.join(missing)} (it has: {', '.join(sorted(result)) or 'nothing'}). "
+                f"Use an evaluator that measures them, or a single-objective agent."
+            )
+        values = [float(result[key]) for key in keys]
+        return values if all(math.isfinite(v) for v in values) else None
+
+    def _add_running(self, raw: Mapping[str, Any]) -> int:
+        """Add a RUNNING trial with the given params without sampling; return its number."""
+        distributions = self._distributions()
+        self.study.add_trial(
+            create_trial(
+                state=TrialState.RUNNING,
+                params={key: raw[key] for key in distributions if key in raw},
+                distributions={key: d for key, d in distributions.items() if key in raw},
+            )
+        )
+        return len(self.study.get_trials(deepcopy=False)) - 1
+
+    # -- results -----------------------------------------------------------------------------
+
+    def pareto_front(self) -> list[dict[str, Any]]:
+        """The non-dominated completed trials (the best one for a single objective).
+
+        Returns:
+            One dict per trial: ``trial`` (number), ``params`` (Optuna's, before repair) and
+            ``values`` keyed by objective name.
+        """
+        return [
+            {
+                "trial": trial.number,
+                "params": dict(trial.params),
+                "values": dict(zip(self.objectives, trial.values, strict=True)),
+            }
+            for trial in sorted(self.study.best_trials, key=lambda t: t.number)
+        ]
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _format(self) -> str:
+        return f"amc.agent.{self.name}/1"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seed, settings and the ask/tell log (JSON only); see the module docstring."""
+        return {
+            "format": self._format(),
+            "seed": self.seed,
+            "settings": dict(self.settings),
+            "log": [dict(entry) for entry in self._log],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Rebuild the study by re-executing the logged asks and tells (exact resume)."""
+        check_state_format(state, self._format())
+        if state["seed"] != self.seed or dict(state["settings"]) != self.settings:
+            raise ConfigError(
+                f"Agent {self.name!r}: the state was written with seed {state['seed']} and "
+                f"settings {dict(state['settings'])}, but this agent has seed {self.seed} and "
+                f"settings {self.settings}. Build the agent with the same seed and settings."
+            )
+        log = [dict(entry) for entry in state["log"]]
+        self._fresh_study()
+        self._log = []
+        if not self._reexecute(log):
+            warnings.warn(
+                f"Agent {self.name!r}: this Optuna samples differently from the one that wrote "
+                f"the state; resuming from the told trials (same data, not bit-identical).",
+                stacklevel=2,
+            )
+            self._rebuild_from_data(log)
+
+    def _reexecute(self, log: list[dict[str, Any]]) -> bool:
+        anonymous = None
+        for entry in log:
+            if "ask" in entry and entry["ask"] is None:
+                anonymous = self._add_running(entry["params"])
+                self._running[anonymous] = anonymous
+                self._log.append(dict(entry))
+            elif "ask" in entry:
+                proposal = self._ask_one()
+                if proposal.info["trial"] != entry["ask"] or dict(
+                    proposal.info["optuna_params"]
+                ) != dict(entry["params"]):
+                    return False
+            else:
+                number = entry["tell"] if entry["tell"] is not None else anonymous
+                if number not in self._running:
+                    return False
+                self._tell_one(number, entry["values"])
+                self._log.append(dict(entry))
+        return True
+
+    def _rebuild_from_data(self, log: list[dict[str, Any]]) -> None:
+        """Add the logged trials without sampling, keeping their numbers and outcomes."""
+        self._fresh_study()
+        anonymous: int | None = None
+        for entry in log:
+            if "ask" in entry:
+                number = self._add_running(entry["params"])
+                self._running[number] = number
+                if entry["ask"] is None:
+                    anonymous = number
+                else:
+                    self.episode += 1
+            else:
+                told = entry["tell"] if entry["tell"] is not None else anonymous
+                assert told is not None, "a logged tell always follows its ask"
+                self._tell_one(told, entry["values"])
+        self._log = [dict(entry) for entry in log]
+
+
+class TPEAgent(OptunaAgent):
+    """Optuna's Tree-structured Parzen Estimator (multivariate, Optuna's defaults)."""
+
+    name = "tpe"
+    SETTINGS = {
+        "n_startup_trials": Setting(10, "int", low=0, help="random trials before TPE"),
+        "n_ei_candidates": Setting(24, "int", low=1, help="candidates scored per suggestion"),
+        "multivariate": Setting(True, "bool", help="joint (multivariate) TPE"),
+        "multi_objective": Setting(
+            False, "bool", help="optimise accuracy (max) and latency_ms (min) together"
+        ),
+    }
+
+    def _make_sampler(self) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(
+            seed=self.seed,
+            n_startup_trials=self.settings["n_startup_trials"],
+            n_ei_candidates=self.settings["n_ei_candidates"],
+            multivariate=self.settings["multivariate"],
+        )
+
+
+class CmaEsAgent(OptunaAgent):
+    """Optuna's CMA-ES over the keep ratios (N:M choices sampled independently)."""
+
+    name = "cmaes"
+    SETTINGS = {
+        "n_startup_trials": Setting(1, "int", low=0, help="independent trials before CMA-ES"),
+        "sigma0": Setting(
+            None, "float", low=0.0, low_open=True, nullable=True, help="initial step size"
+        ),
+        "popsize": Setting(None, "int", low=2, nullable=True, help="population size"),
+    }
+
+    def _make_sampler(self) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.CmaEsSampler(
+            seed=self.seed,
+            n_startup_trials=self.settings["n_startup_trials"],
+            sigma0=self.settings["sigma0"],
+            popsize=self.settings["popsize"],
+            warn_independent_sampling=False,
+        )
+
+
+class NSGA2Agent(OptunaAgent):
+    """Optuna's NSGA-II: the accuracy-vs-latency Pareto front."""
+
+    name = "nsga2"
+    multi_objective = True
+    objectives = PARETO_OBJECTIVES
+    directions = PARETO_DIRECTIONS
+    SETTINGS = {
+        "population_size": Setting(50, "int", low=2, help="individuals per generation"),
+        "crossover_prob": Setting(0.9, "float", low=0.0, high=1.0, help="crossover probability"),
+        "mutation_prob": Setting(
+            None, "float", low=0.0, high=1.0, nullable=True, help="per-parameter mutation"
+        ),
+    }
+
+    def _make_sampler(self) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(
+            seed=self.seed,
+            population_size=self.settings["population_size"],
+            crossover_prob=self.settings["crossover_prob"],
+            mutation_prob=self.settings["mutation_prob"],
+        )
+
+
+def _nm_text(nm: Any) -> str:
+    n, m = nm
+    return f"{n}:{m}"

@@ -1,0 +1,121 @@
+"""amc.report: the plots, tables and summary that `amc show --plots DIR` writes."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from amc.plan import PruningPlan, UnitPlan
+from amc.report import (
+    best_table,
+    comparison_rows,
+    comparison_table,
+    keep_ratio_plot,
+    latency_front,
+    pareto_plot,
+    search_curve_plot,
+    studies_table,
+    summary_markdown,
+    write_report,
+)
+from amc.study import SearchRecord, list_studies
+from tests.amc.test_study import ATTRS, UNITS, proposal, result
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (and check it is a PNG)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def render(table: object) -> str:
+    console = Console(record=True, width=160)
+    console.print(table)
+    return console.export_text()
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> SearchRecord:
+    """A study with dense and uniform baselines, four completed trials and one failure."""
+    uniform = PruningPlan(units={name: UnitPlan(keep_ratio=0.5) for name in UNITS})
+    attrs = {
+        **ATTRS,
+        "target": {"metric": "latency", "fraction": 0.5},
+        "uniform": {"plan": uniform.to_json(), "metrics": result(0.70, 1.1)},
+    }
+    record = SearchRecord.create(f"sqlite:///{tmp_path}/amc.db", "demo", ["maximize"], attrs)
+    for episode, (reward, accuracy, latency) in enumerate(
+        [(-0.3, 0.70, 1.2), (-0.2, 0.80, 1.0), (-0.25, 0.75, 0.9), (-0.15, 0.85, 1.1)]
+    ):
+        number = record.start(proposal(episode, 0.25 + 0.2 * episode), agent="ddpg")
+        record.finish(number, result(accuracy, latency), [reward])
+    record.fail(record.start(proposal(4)), "nan_loss")
+    return record
+
+
+def test_write_report_writes_three_pngs_and_a_summary(
+    record: SearchRecord, tmp_path: Path
+) -> None:
+    paths = write_report(record, tmp_path / "plots")
+    assert [p.name for p in paths] == [
+        "keep_ratios.png", "search_curve.png", "pareto.png", "summary.md"
+    ]  # fmt: skip
+    assert png_size(paths[0]) == (800, 500)
+    assert png_size(paths[1]) == (800, 500)
+    assert png_size(paths[2]) == (800, 600)
+    assert all(p.stat().st_size > 10_000 for p in paths[:3])  # drawn, not blank
+
+    summary = paths[3].read_text()
+    assert summary.startswith("# Study `demo`\n")
+    assert "- target: latency = 50% of the dense model" in summary
+    assert "- trials: 4 complete, 1 failed, 0 other" in summary
+    assert "| dense | 90.00% | 2.000 ms | 1.00x | 1.00 M | 10.00 k |" in summary
+    assert "| uniform | 70.00% | 1.100 ms | 1.82x | 500.00 k | 5.00 k |" in summary
+    assert "| best (trial 3) | 85.00% | 1.100 ms | 1.82x | 500.00 k | 5.00 k |" in summary
+    assert (
+        "| trial | reward | accuracy | latency (ms) | FLOPs | params | agent | episode |"
+        in summary
+    )
+    best_rows = [line for line in summary.splitlines() if line.startswith("| 3 |")]
+    assert best_rows == ["| 3 | -0.15 | 85.00% | 1.100 | 500.00 k | 5.00 k | ddpg | 3 |"]
+    assert "| nan_loss | 1 |" in summary
+    assert "![keep ratios](keep_ratios.png)" in summary and "![pareto](pareto.png)" in summary
+    assert "`amc export demo --trial best --out plan.json`" in summary
+
+
+def test_write_report_on_a_study_without_trials(tmp_path: Path) -> None:
+    record = SearchRecord.create(f"sqlite:///{tmp_path}/amc.db", "empty", ["maximize"], ATTRS)
+    paths = write_report(record, tmp_path / "plots")
+    assert [png_size(p) for p in paths[:3]] == [(800, 500), (800, 500), (800, 600)]
+    assert "No completed trials yet." in paths[3].read_text()
+
+
+def test_keep_ratio_plot_widens_with_many_units(tmp_path: Path) -> None:
+    units = [f"features.{i}.conv" for i in range(30)]
+    best = {name: 0.3 + 0.02 * i for i, name in enumerate(units)}
+    path = keep_ratio_plot(best, {name: 0.5 for name in units}, units, tmp_path / "k.png")
+    assert png_size(path) == (1150, 500)  # 8 in + 0.35 in per unit beyond 20, at 100 dpi
+
+
+def test_curve_and_pareto_plots_have_their_stated_sizes(tmp_path: Path) -> None:
+    curve = search_curve_plot([0.1, 0.3, 0.2, 0.5], tmp_path / "curve.png", ylabel="reward")
+    points = [(1.0, 80.0, "#0"), (2.0, 90.0, "#1"), (1.5, 70.0, "#2")]
+    front = latency_front(points)
+    assert front == [(1.0, 80.0, "#0"), (2.0, 90.0, "#1")]
+    pareto = pareto_plot(points, front, (3.0, 92.0, "dense"), tmp_path / "pareto.png")
+    assert (png_size(curve), png_size(pareto)) == ((800, 500), (800, 600))
+
+
+def test_rich_tables(record: SearchRecord) -> None:
+    text = render(comparison_table(comparison_rows(record)))
+    assert "dense" in text and "best (trial 3)" in text and "1.82x" in text
+    text = render(best_table(record.best(2), record.objectives))
+    assert text.index("-0.15") < text.index("-0.2 ")
+    text = render(studies_table(list_studies(record.storage_url)))
+    assert "demo" in text and "reward (max)" in text and "-0.15" in text
+    assert summary_markdown(record, n_best=1).count("\n| 3 |") == 1
