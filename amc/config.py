@@ -73,6 +73,9 @@ class ExperimentConfig(_Strict):
     target: str = "flops=0.5"
     device: str = "cpu"
     latency_batch_size: int = Field(1, ge=1)
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per worker; null = cores divided by workers"
+    )
     criterion: Literal["l1", "l2", "bn_scale", "taylor", "activation"] = "l1"
     lower_bound: float = Field(0.2, gt=0, le=1)
     round_to: int = Field(1, ge=1)

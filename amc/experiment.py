@@ -1,0 +1,303 @@
+"""The driver of one search: build the task once, run the loop, export what it found.
+
+``prepare`` turns an :class:`~amc.config.ExperimentConfig` into everything a search needs (a
+trained model, its units, the dense metrics, the search space with its budget); ``search`` and
+``resume`` run :func:`amc.search.run_search` with a Ray or in-process evaluator and an Optuna
+record; ``finish`` exports the best plan, evaluates a uniform plan at the same budget, applies
+the best plan and writes the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from amc.artifacts import save_pruned
+from amc.config import ExperimentConfig
+from amc.evaluate import EvalResult, Evaluator, LocalEvaluator, TaskSpec, Workload, evaluate_all
+from amc.plan import PruningPlan, parse_nm
+from amc.prune import apply_plan
+from amc.search import SearchOutcome, run_search
+from amc.space import SearchSpace
+from amc.study import SearchRecord
+
+
+@dataclass
+class Experiment:
+    """A prepared search: config, worker task, local workload and search space."""
+
+    config: ExperimentConfig
+    spec: TaskSpec
+    workload: Workload
+    space: SearchSpace
+    study: str
+
+
+@dataclass
+class Finished:
+    """What a finished search produced."""
+
+    study: str
+    best: dict[str, Any] | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    plan_path: Path | None = None
+    pruned_dir: Path | None = None
+    plots: list[Path] = field(default_factory=list)
+
+
+def prepare(config: ExperimentConfig, *, progress: bool = True) -> Experiment:
+    """Train or load the model, discover units, measure the dense model, build the space."""
+    from amc.train import pretrained
+
+    weights = config.weights
+    if weights is None:
+        _, path = pretrained(
+            config.model,
+            config.data,
+            input_shape=config.input_shape,
+            cache_dir=Path(config.runs_dir) / "baselines",
+            epochs=config.baseline.epochs,
+            lr=config.baseline.lr,
+            batch_size=config.baseline.batch_size,
+            seed=config.seed,
+            progress=progress,
+        )
+        weights = str(path)
+    spec = TaskSpec(
+        model=config.model,
+        data=config.data,
+        model_kwargs=dict(config.model_kwargs),
+        weights=weights,
+        trust_checkpoint=config.trust_checkpoint,
+        data_limit=config.data_limit,
+        input_shape=config.input_shape,
+        device=config.device,
+        criterion=config.criterion,
+        finetune_steps=config.finetune.steps,
+        finetune_lr=config.finetune.lr,
+        batch_size=config.finetune.batch_size,
+        bn_batches=config.finetune.bn_batches,
+        eval_batches=config.finetune.eval_batches,
+        latency_batch_size=config.latency_batch_size,
+        threads=config.threads or _threads_per_worker(config),
+        seed=config.seed,
+    )
+    workload = Workload.from_spec(spec).prepare()
+    example = workload.example_inputs.repeat(config.latency_batch_size, 1, 1, 1)
+    space = SearchSpace.build(
+        workload.model,
+        example,
+        config.target,
+        device=config.device,
+        lower_bound=config.lower_bound,
+        round_to=config.round_to,
+        nm=parse_nm(config.nm) if config.nm else None,
+        criterion=config.criterion,
+        graph=workload.graph,
+    )
+    return Experiment(config, spec, workload, space, config.study_name())
+
+
+def make_agent(experiment: Experiment) -> Any:
+    """The configured agent over the experiment's search space."""
+    from agents import get_agent
+
+    settings = dict(experiment.config.agent.settings)
+    return get_agent(
+        experiment.config.agent.name, experiment.space, seed=experiment.config.seed, **settings
+    )
+
+
+def make_evaluator(experiment: Experiment) -> Evaluator:
+    """A Ray evaluator (local Ray or a cluster); in-process when ``ray.workers`` is 0."""
+    ray = experiment.config.ray
+    if ray.workers == 0:
+        return LocalEvaluator(experiment.spec, workload=experiment.workload)
+    from amc.distributed import RayEvaluator
+
+    return RayEvaluator(experiment.spec, workers=ray.workers, address=ray.address)
+
+
+def open_record(experiment: Experiment, agent: Any, *, resume: bool = False) -> SearchRecord:
+    """Create (or reopen) the study with everything needed to resume or export it."""
+    directions = ["maximize" if name != "latency_ms" else "minimize" for name in agent.objectives]
+    graph = experiment.workload.graph
+    attrs = {
+        # the storage URL is not stored: it may hold a password, and resume is told where
+        "config": experiment.config.model_dump(mode="json", exclude={"storage"}),
+        "task": experiment.spec.to_json(),
+        "units": [unit.to_json() for unit in graph.units],
+        "fingerprint": graph.fingerprint,
+        "dense": experiment.workload.dense_metrics(),
+        "objectives": list(agent.objectives),
+        "agent": agent.name,
+        "target": str(experiment.space.target),
+    }
+    if experiment.space.latency_table is not None:
+        attrs["latency_table"] = experiment.space.latency_table.to_json()
+    return SearchRecord.create(
+        experiment.config.storage, experiment.study, directions, attrs, resume=resume
+    )
+
+
+def search(
+    experiment: Experiment,
+    *,
+    progress: bool = True,
+    console: Console | None = None,
+    resume: bool = False,
+) -> tuple[SearchRecord, SearchOutcome]:
+    """Run (or continue) the search until the study holds ``episodes`` completed trials."""
+    from agents.base import Proposal
+
+    console = console or Console()
+    agent = make_agent(experiment)
+    record = open_record(experiment, agent, resume=resume)
+    state = record.load_agent_state()
+    if state is not None:
+        agent.load_state_dict(state)
+        rebuild = getattr(agent, "rebuild_replay", None)
+        if rebuild is not None:
+            rebuild(_told(record, Proposal))
+    with make_evaluator(experiment) as evaluator:
+        if "uniform" not in record.attrs:
+            record.set_attr("uniform", _evaluate_uniform(experiment, evaluator))
+        outcome = run_search(
+            agent,
+            evaluator,
+            _Requeue(record, Proposal),
+            episodes=experiment.config.episodes,
+            reward=experiment.config.reward,
+            max_time=experiment.config.max_time,
+            progress=progress,
+        )
+    return record, outcome
+
+
+def finish(experiment: Experiment, record: SearchRecord, *, plots: bool = True) -> Finished:
+    """Export the best plan, apply it (pruned model folder) and write the report."""
+    from amc.report import comparison_rows, write_report
+
+    out = Path(experiment.config.runs_dir) / record.name
+    best = record.best(1)
+    finished = Finished(study=record.name, best=None)
+    if best and best[0].plan is not None:
+        trial = best[0]
+        plan = trial.plan.with_provenance(study=record.name, trial=trial.number)  # type: ignore[union-attr]
+        plan = plan.with_metrics(**_plain(trial.metrics))
+        finished.best = trial.to_json()
+        finished.plan_path = plan.save(out / "best_plan.json")
+        workload = experiment.workload
+        pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
+        finished.pruned_dir = save_pruned(
+            pruned,
+            plan,
+            out / "pruned",
+            workload.example_inputs,
+            model_spec=experiment.spec.model,
+            model_kwargs=_model_kwargs(experiment),
+        ).folder
+    if plots:
+        finished.plots = write_report(record, out / "plots")
+    finished.rows = comparison_rows(record)
+    return finished
+
+
+def resume_config(storage: str | None, study: str) -> ExperimentConfig:
+    """The config stored in a study, for ``amc resume``."""
+    record = SearchRecord.open(storage, study)
+    data = dict(record.attrs["config"])
+    data["study"] = study
+    if storage:
+        data["storage"] = storage
+    return ExperimentConfig.model_validate(data)
+
+
+def _evaluate_uniform(experiment: Experiment, evaluator: Evaluator) -> dict[str, Any]:
+    """A uniform plan at the same budget, evaluated like every trial (the reference row)."""
+    from agents import get_agent
+
+    plan = get_agent("uniform", experiment.space).ask(1)[0].plan
+    (result,) = evaluate_all(evaluator, [plan])
+    return {"plan": plan.to_json(), "metrics": result.to_json()}
+
+
+def _threads_per_worker(config: ExperimentConfig) -> int:
+    """Cores shared out among the local workers, so measurements do not fight for them."""
+    cores = os.cpu_count() or 1
+    workers = config.ray.workers if config.ray.workers else cores
+    return max(1, cores // workers)
+
+
+def _model_kwargs(experiment: Experiment) -> dict[str, Any]:
+    shape = experiment.spec.input_shape
+    return {
+        "num_classes": experiment.workload.data.num_classes,
+        "in_channels": shape[0],
+        "image_size": shape[1],
+        **experiment.spec.model_kwargs,
+    }
+
+
+def _plain(metrics: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(metrics).items() if isinstance(v, int | float | str)}
+
+
+def _told(record: SearchRecord, proposal_type: type) -> list[tuple[Any, dict[str, Any] | None]]:
+    """Completed trials as (proposal, result mapping) pairs, oldest first, for replay."""
+    pairs = []
+    for trial in record.completed():
+        if trial.plan is None or trial.value is None:
+            continue
+        proposal = proposal_type(
+            plan=trial.plan, params=dict(trial.params), episode=trial.episode or 0, info=trial.info
+        )
+        pairs.append((proposal, {"reward": trial.value, **_plain(trial.metrics)}))
+    return pairs
+
+
+class _Requeue:
+    """The record as run_search sees it: recovered RUNNING trials come back as proposals."""
+
+    def __init__(self, record: SearchRecord, proposal_type: type) -> None:
+        self._record = record
+        self._proposal = proposal_type
+
+    def recover_running(self) -> list[Any]:
+        return [
+            self._proposal(
+                plan=PruningPlan.from_json(item["plan"]),
+                params=item["params"],
+                episode=item["episode"] or 0,
+                info=item["info"],
+            )
+            for item in self._record.recover_running()
+            if item.get("plan")
+        ]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._record, name)
+
+
+def describe(finished: Finished) -> str:
+    """JSON text of what a finished search produced (for --json output)."""
+    return json.dumps(
+        {
+            "study": finished.study,
+            "best": finished.best,
+            "plan": str(finished.plan_path) if finished.plan_path else None,
+            "pruned": str(finished.pruned_dir) if finished.pruned_dir else None,
+            "plots": [str(p) for p in finished.plots],
+            "rows": finished.rows,
+        },
+        indent=2,
+        default=str,
+    )
+
+
+__all__ = ["EvalResult", "Experiment", "Finished", "finish", "prepare", "resume_config", "search"]

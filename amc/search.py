@@ -1,0 +1,209 @@
+"""run_search: the loop over agent.ask / evaluator / record / agent.tell.
+
+Like Optuna's ``optimize`` is a plain loop over ``ask`` and ``tell``, this is the same loop with
+an evaluator in the middle: free evaluator slots are filled with the agent's proposals, each
+proposal becomes one trial in the study before it is evaluated, and each result is recorded and
+told to the agent as it arrives. Trials left running by a crash are re-run first, so a resumed
+study ends with exactly the requested number of completed episodes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from amc.errors import AmcError
+from amc.evaluate import EvalResult, Evaluator
+
+REWARDS = ("err", "flops", "latency", "accuracy")
+
+
+class SearchAgent(Protocol):
+    """What the loop needs of an agent (agents.base.Agent satisfies it)."""
+
+    name: str
+    objectives: tuple[str, ...]
+
+    def ask(self, n: int = 1) -> list[Any]: ...
+
+    def tell(self, proposals: Sequence[Any], results: Sequence[Any]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+class SearchFailed(AmcError, RuntimeError):
+    """Too many evaluations failed for the search to be meaningful."""
+
+
+@dataclass
+class SearchOutcome:
+    """How a call to :func:`run_search` ended."""
+
+    completed: int
+    failed: int
+    interrupted: bool
+    elapsed_s: float
+    rewards: list[float] = field(default_factory=list)
+
+
+def reward_of(result: EvalResult, kind: str = "err") -> float:
+    """AMC's rewards: R_err = -error, R_FLOPs = -error*log(FLOPs), latency -error*log(ms)."""
+    quality = result.accuracy if result.accuracy is not None else (result.fidelity or 0.0)
+    error = 1.0 - quality
+    if kind == "err":
+        return -error
+    if kind == "flops":
+        return -error * math.log(max(result.flops or 1, 1))
+    if kind == "latency":
+        return -error * math.log(max(result.latency_ms or 1e-3, 1e-3) * 1e3)  # log of us
+    if kind == "accuracy":
+        return quality
+    raise AmcError(f"Unknown reward {kind!r}; expected one of {', '.join(REWARDS)}.")
+
+
+def objective_values(result: EvalResult, objectives: Sequence[str], reward: str) -> list[float]:
+    """The values recorded for a trial, in the agent's objective order."""
+    values = []
+    for name in objectives:
+        if name == "reward":
+            values.append(reward_of(result, reward))
+        elif name == "accuracy":
+            values.append(result.accuracy if result.accuracy is not None else result.fidelity)
+        else:
+            values.append(float(getattr(result, name)))
+    return values
+
+
+def run_search(
+    agent: SearchAgent,
+    evaluator: Evaluator,
+    record: Any,
+    *,
+    episodes: int,
+    reward: str = "err",
+    max_time: float | None = None,
+    progress: bool = True,
+    on_result: Callable[[int, EvalResult], None] | None = None,
+    max_failures: int | None = None,
+) -> SearchOutcome:
+    """Run until the study holds ``episodes`` completed trials (or ``max_time`` seconds pass).
+
+    Args:
+        agent: proposes plans (ask) and learns from results (tell).
+        evaluator: evaluates plans, possibly in parallel (local or Ray).
+        record: the study (:class:`amc.study.SearchRecord`) every evaluation is recorded in.
+        episodes: completed trials the study should hold at the end.
+        reward: the reward form for single-objective agents (err, flops, latency, accuracy).
+        max_time: wall-time budget in seconds.
+        progress: show a live bar with episodes, best-so-far, evals/min and ETA.
+        on_result: called with each (trial number, result) as it is recorded.
+        max_failures: stop with :class:`SearchFailed` after this many failed evaluations
+            (default: ``max(10, episodes)``).
+
+    Ctrl-C stops cleanly: in-flight trials are recorded as failed ("interrupted"), the agent's
+    checkpoint is written, and :class:`KeyboardInterrupt` is re-raised for the caller to report.
+    """
+    started = time.monotonic()
+    max_failures = max_failures if max_failures is not None else max(10, episodes)
+    objectives = tuple(agent.objectives)
+    requeue = list(record.recover_running())
+    completed = record.count_completed()
+    rewards: list[float] = []
+    failed = 0
+    in_flight: dict[int, Any] = {}
+    bar = _progress(progress)
+    task = bar.add_task("search", total=episodes, completed=completed, best="-", rate="-")
+    best = -math.inf
+    try:
+        with bar:
+            while completed < episodes or in_flight:
+                out_of_time = max_time is not None and time.monotonic() - started > max_time
+                wanted = episodes - completed - len(in_flight)
+                free = evaluator.capacity - len(in_flight)
+                if wanted > 0 and free > 0 and not out_of_time:
+                    count = min(wanted, free)
+                    proposals = [requeue.pop(0) for _ in range(min(count, len(requeue)))]
+                    if len(proposals) < count:
+                        proposals += agent.ask(count - len(proposals))
+                    for proposal in proposals:
+                        number = record.start(proposal, agent=agent.name)
+                        in_flight[number] = proposal
+                        evaluator.submit(number, proposal.plan)
+                if not in_flight:
+                    break
+                for number, result in evaluator.poll(timeout=1.0):
+                    proposal = in_flight.pop(number)
+                    ok = result.status == "ok"
+                    values = objective_values(result, objectives, reward) if ok else None
+                    record.finish(number, result.to_json(), values)
+                    told = None
+                    if ok and values is not None:
+                        completed += 1
+                        value = reward_of(result, reward)
+                        rewards.append(value)
+                        best = max(best, value)
+                        told = {"reward": value, **_metrics(result)}
+                    else:
+                        failed += 1
+                    agent.tell([proposal], [told])
+                    record.save_agent_state(agent.state_dict())
+                    if on_result is not None:
+                        on_result(number, result)
+                    minutes = max(time.monotonic() - started, 1e-9) / 60
+                    bar.update(
+                        task,
+                        completed=completed,
+                        best=f"{best:.4f}" if rewards else "-",
+                        rate=f"{(completed + failed) / minutes:.1f}",
+                    )
+                    if failed >= max_failures:
+                        raise SearchFailed(
+                            f"{failed} evaluations failed (last: {result.error}); stopping. "
+                            "Inspect the failed trials with `amc show` and fix the cause."
+                        )
+    except KeyboardInterrupt:
+        for number in evaluator.cancel_all():
+            in_flight.pop(number, None)
+            record.finish(number, {"status": "failed", "reason": "interrupted"}, None)
+        for number in list(in_flight):
+            record.finish(number, {"status": "failed", "reason": "interrupted"}, None)
+        record.save_agent_state(agent.state_dict())
+        raise
+    return SearchOutcome(
+        completed=completed,
+        failed=failed,
+        interrupted=False,
+        elapsed_s=time.monotonic() - started,
+        rewards=rewards,
+    )
+
+
+def _metrics(result: EvalResult) -> dict[str, float]:
+    names = ("accuracy", "fidelity", "latency_ms", "flops", "params", "loss")
+    return {n: float(getattr(result, n)) for n in names if getattr(result, n) is not None}
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]episodes"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TextColumn("{task.fields[rate]} evals/min"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
