@@ -63,9 +63,10 @@ def save_pruned(
         example_inputs: an input batch, for ``torch.export``.
         model_spec: how to rebuild the dense model (zoo name or ``package.module:callable``).
         model_kwargs: keyword arguments of the model factory (num_classes, in_channels, ...).
-        export: also write a ``torch.export`` program.
+        export: also write a ``torch.export`` program, for any batch size where the model
+            allows it (the manifest's ``program_batch`` says "dynamic" or the fixed size).
     """
-    folder = Path(folder)
+    folder = check_output_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
@@ -73,9 +74,9 @@ def save_pruned(
         save_weights(baked, staging / WEIGHTS)
         plan.save(staging / PLAN)
         program = None
+        program_batch: str | int | None = None
         if export:
-            with torch.no_grad():
-                exported = torch.export.export(baked, (example_inputs,))
+            exported, program_batch = _export(baked, example_inputs)
             torch.export.save(exported, staging / PROGRAM)
             program = folder / PROGRAM
         manifest = {
@@ -84,15 +85,58 @@ def save_pruned(
             "model_kwargs": dict(model_kwargs or {}),
             "input_shape": list(example_inputs.shape[1:]),
             "torch": torch.__version__,
+            "program_batch": program_batch,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        # Move an older pruned-model folder aside first, so a failure leaves it in place.
+        previous = staging.with_name(staging.name + ".old") if folder.exists() else None
+        if previous is not None:
+            os.replace(folder, previous)
+        try:
+            os.replace(staging, folder)
+        except BaseException:
+            if previous is not None:
+                os.replace(previous, folder)
+            raise
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return PrunedArtifacts(folder, folder / WEIGHTS, folder / PLAN, program, folder / MANIFEST)
+
+
+def _export(
+    model: nn.Module, example_inputs: torch.Tensor
+) -> tuple[torch.export.ExportedProgram, str | int]:
+    """Export with a dynamic batch size where the model allows it, else with the example's."""
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    # Batch 2, not 1: torch.export specialises sizes 0 and 1.
+    pair = example_inputs[:1].expand(2, *example_inputs.shape[1:]).clone()
+    with torch.no_grad():
+        try:
+            return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)), "dynamic"
+        except Exception:  # noqa: BLE001 - a model whose code fixes the batch size
+            exported = torch.export.export(model, (example_inputs,))
+    return exported, int(example_inputs.shape[0])
+
+
+def check_output_folder(folder: str | os.PathLike[str]) -> Path:
+    """Refuse a destination that :func:`save_pruned` must not replace; return it as a Path.
+
+    A missing folder, an empty one, or a pruned-model folder (with a manifest) may be replaced;
+    anything else (a file, a folder of other files) is the user's and is left alone.
+    """
+    folder = Path(folder)
+    if not folder.exists() or (folder / MANIFEST).is_file():
+        return folder
+    if folder.is_dir() and not any(folder.iterdir()):
+        return folder
+    what = "a folder of other files" if folder.is_dir() else "a file"
+    raise CheckpointError(
+        f"Output folder {str(folder)!r} is {what}, not a pruned-model folder (no {MANIFEST}); "
+        "amc would replace it. Choose a new folder for --out, or remove that one first."
+    )
 
 
 def load_pruned(

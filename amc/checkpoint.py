@@ -170,7 +170,10 @@ def load_weights(
 
 def _require_file(path: Path) -> None:
     if not path.is_file():
-        raise CheckpointError(f"Weights file {str(path)!r} does not exist or is not a file.")
+        raise CheckpointError(
+            f"Weights file {str(path)!r} does not exist or is not a file. Check the path; "
+            "weights are a .safetensors file or a torch.save state dict."
+        )
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.exceptions import TyperException
 
 from amc.errors import AmcError, ConfigError
 
@@ -139,11 +141,13 @@ def bench(
         Path | None, typer.Option("--plan", help="Plan JSON; default a uniform plan.")
     ] = None,
     keep: Annotated[
-        float, typer.Option("--keep", help="Keep ratio of the uniform plan when no --plan.")
-    ] = 0.5,
+        float | None,
+        typer.Option("--keep", help="Keep ratio of a uniform plan (default 0.5); or --plan."),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[
-        list[int] | None, typer.Option("--batch-size", help="Latency batch size (repeatable).")
+        list[int] | None,
+        typer.Option("--batch-size", min=1, help="Latency batch size (repeatable)."),
     ] = None,
     input_shape: InputShape = "3,32,32",
     num_classes: NumClasses = 10,
@@ -158,11 +162,17 @@ def bench(
     from amc.prune import apply_plan
     from amc.units import analyze
 
+    if plan is not None and keep is not None:
+        raise ConfigError(
+            f"--plan {plan} and --keep {keep} both choose the pruned model; give one of them."
+        )
+    keep = 0.5 if keep is None else keep
     shape = parse_shape(input_shape)
+    chosen_file = PruningPlan.load(plan) if plan else None
     net = build_model(model, shape, num_classes, weights, trust)
     example = torch.zeros(1, *shape)
     graph = analyze(net, example)
-    chosen = PruningPlan.load(plan) if plan else uniform_plan(net, example, keep, graph=graph)
+    chosen = chosen_file or uniform_plan(net, example, keep, graph=graph)
     pruned = apply_plan(net, chosen, example, graph=graph)
     report = compare(net, pruned, example, device=device, batch_sizes=tuple(batch_size or [1]))
     report["plan"] = str(plan) if plan else f"uniform keep_ratio={keep}"
@@ -196,7 +206,7 @@ def apply(
     """Apply a plan: write pruned weights (safetensors), the plan and a torch.export program."""
     import torch
 
-    from amc.artifacts import save_pruned
+    from amc.artifacts import check_output_folder, save_pruned
     from amc.measure import count_flops, count_params, model_size
     from amc.plan import PruningPlan
     from amc.prune import apply_plan
@@ -204,7 +214,8 @@ def apply(
     from amc.units import analyze
     from amc.zoo import get_data
 
-    chosen = PruningPlan.load(plan)  # validate the plan before any heavy work
+    chosen = PruningPlan.load(plan)  # validate the plan and --out before any heavy work
+    check_output_folder(out)
     shape = parse_shape(input_shape)
     splits = get_data(data, input_shape=shape) if data else None
     if finetune_steps and splits is None:
@@ -244,7 +255,9 @@ def apply(
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print(f"wrote {artifacts.folder}/ (weights.safetensors, plan.json, program.pt2)")
+    console.print(
+        f"wrote {artifacts.folder}/ (weights.safetensors, plan.json, program.pt2, manifest.json)"
+    )
 
 
 Storage = Annotated[
@@ -357,6 +370,8 @@ def export(
     """Write the plan of a trial (default the best) as JSON for `amc apply`."""
     from amc.study import SearchRecord
 
+    if out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a folder; name the plan file, e.g. plan.json.")
     record = SearchRecord.open(storage, study)
     completed = record.completed()
     if trial == "best":
@@ -399,15 +414,27 @@ def _demo_config() -> Path:
 
 
 def _run_experiment(config: Any, *, progress: bool, resume: bool) -> None:
+    from agents import list_agents
     from amc import experiment
+    from amc.errors import unknown_name
     from amc.report import comparison_table
     from amc.study import display_url
 
+    known = list_agents()
+    if config.agent.name not in known:  # before training a baseline or creating a study
+        raise unknown_name("agent", config.agent.name, known)
     console.print(
         f"[bold]amc search[/] {config.model} on {config.data}, target {config.target} on "
         f"{config.device}, agent {config.agent.name}, {config.episodes} episodes"
     )
-    prepared = experiment.prepare(config, progress=progress)
+    stored_table = None
+    if resume:
+        from amc.study import SearchRecord
+
+        stored_table = SearchRecord.open(config.storage, config.study_name()).attrs.get(
+            "latency_table"
+        )
+    prepared = experiment.prepare(config, progress=progress, latency_table=stored_table)
     storage = display_url(config.storage)
     try:
         record, outcome = experiment.search(prepared, progress=progress, resume=resume)
@@ -450,27 +477,53 @@ def _fmt(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad input, 1 unexpected failure)."""
+    _make_cwd_importable()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except AmcError as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        # Text, not markup: a message may hold brackets; soft_wrap keeps it one paragraph.
+        errors.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         errors.print("interrupted")
         return 130
     except SystemExit as exit_:
-        return int(exit_.code or 0)
-    except Exception as error:  # noqa: BLE001 - the CLI reports every failure
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            return error.exit_code
-        if isinstance(error, click.exceptions.Abort):
-            return 1
-        errors.print(f"[bold red]unexpected failure:[/] {type(error).__name__}: {error}")
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
         return 1
-    return 0
+    except TyperException as error:  # Typer's own copy of click's usage errors
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        else:
+            errors.print(Text(f"error: {error.format_message()}"), soft_wrap=True)
+        return int(error.exit_code)
+    except typer.Abort:
+        errors.print("aborted")
+        return 1
+    except Exception as error:  # noqa: BLE001 - the CLI reports every failure
+        errors.print_exception(max_frames=8)
+        errors.print(
+            Text.assemble(
+                ("unexpected failure: ", "bold red"),
+                f"{type(error).__name__}: {str(error).rstrip('.')}. This is a bug in amc or a "
+                "library it uses; please report it with the traceback above.",
+            ),
+            soft_wrap=True,
+        )
+        return 1
+    # Without standalone mode Typer returns the code of an explicit exit (130 after Ctrl-C).
+    return code if isinstance(code, int) else 0
+
+
+def _make_cwd_importable() -> None:
+    """Let ``module:callable`` specs name modules in the working folder, as ``python -m`` does.
+
+    Appended, not prepended, so a file in the working folder never shadows an installed package.
+    """
+    cwd = str(Path.cwd())
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)
 
 
 def entry() -> None:

@@ -73,6 +73,9 @@ class ExperimentConfig(_Strict):
     target: str = "flops=0.5"
     device: str = "cpu"
     latency_batch_size: int = Field(1, ge=1)
+    budget_tolerance: float = Field(
+        0.1, ge=0, description="a measured plan may exceed the target by this fraction"
+    )
     threads: int | None = Field(
         None, ge=1, description="torch threads per worker; null = cores divided by workers"
     )

@@ -9,9 +9,11 @@ the best plan and writes the plots.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +52,24 @@ class Finished:
     plots: list[Path] = field(default_factory=list)
 
 
-def prepare(config: ExperimentConfig, *, progress: bool = True) -> Experiment:
-    """Train or load the model, discover units, measure the dense model, build the space."""
+def prepare(
+    config: ExperimentConfig,
+    *,
+    progress: bool = True,
+    task: Mapping[str, Any] | None = None,
+    latency_table: Mapping[str, Any] | None = None,
+) -> Experiment:
+    """Train or load the model, discover units, measure the dense model, build the space.
+
+    Args:
+        config: the experiment.
+        progress: show the baseline's training progress.
+        task: :class:`~amc.evaluate.TaskSpec` fields to set beyond what the config holds
+            (e.g. ``latency_min_run_time`` for quicker, noisier latency in tests).
+        latency_table: a table stored in the study (resume keeps the budget it searched with
+            instead of measuring a new, differently noisy one).
+    """
+    from amc.latency_table import LatencyTable
     from amc.train import pretrained
 
     weights = config.weights
@@ -85,8 +103,11 @@ def prepare(config: ExperimentConfig, *, progress: bool = True) -> Experiment:
         eval_batches=config.finetune.eval_batches,
         latency_batch_size=config.latency_batch_size,
         threads=config.threads or _threads_per_worker(config),
+        budget_tolerance=config.budget_tolerance,
         seed=config.seed,
     )
+    if task:
+        spec = replace(spec, **task)
     workload = Workload.from_spec(spec).prepare()
     example = workload.example_inputs.repeat(config.latency_batch_size, 1, 1, 1)
     space = SearchSpace.build(
@@ -99,6 +120,9 @@ def prepare(config: ExperimentConfig, *, progress: bool = True) -> Experiment:
         nm=parse_nm(config.nm) if config.nm else None,
         criterion=config.criterion,
         graph=workload.graph,
+        latency_table=LatencyTable.from_json(latency_table) if latency_table else None,
+        # timed like the workers time their plans: same batch, same threads
+        latency_options={"threads": spec.threads, "progress": progress},
     )
     return Experiment(config, spec, workload, space, config.study_name())
 
@@ -151,11 +175,30 @@ def search(
     progress: bool = True,
     console: Console | None = None,
     resume: bool = False,
+    evaluator: Evaluator | None = None,
 ) -> tuple[SearchRecord, SearchOutcome]:
-    """Run (or continue) the search until the study holds ``episodes`` completed trials."""
+    """Run (or continue) the search until the study holds ``episodes`` completed trials.
+
+    Args:
+        experiment: from :func:`prepare`.
+        progress: show the live progress bar.
+        console: where messages go.
+        resume: continue a study whose config changed (e.g. more episodes).
+        evaluator: evaluate on this evaluator (left open) instead of making one from
+            ``config.ray`` (closed at the end).
+
+    The agent is restored from the study's checkpoint when there is one; a DDPG agent also gets
+    its replay buffer back from the stored trials, and an agent whose checkpoint is older than
+    the last recorded trial continues after that trial's episode.
+
+    Example:
+        >>> experiment = prepare(load_config("experiments/demo.yaml", {"episodes": 4}))
+        >>> record, outcome = search(experiment)
+        >>> outcome.completed
+        4
+    """
     from agents.base import Proposal
 
-    console = console or Console()
     agent = make_agent(experiment)
     record = open_record(experiment, agent, resume=resume)
     state = record.load_agent_state()
@@ -164,9 +207,10 @@ def search(
         rebuild = getattr(agent, "rebuild_replay", None)
         if rebuild is not None:
             rebuild(_told(record, Proposal))
-    with make_evaluator(experiment) as evaluator:
-        if "uniform" not in record.attrs:
-            record.set_attr("uniform", _evaluate_uniform(experiment, evaluator))
+    _continue_episodes(agent, record)
+    with contextlib.ExitStack() as stack:
+        if evaluator is None:
+            evaluator = stack.enter_context(make_evaluator(experiment))
         outcome = run_search(
             agent,
             evaluator,
@@ -176,7 +220,23 @@ def search(
             max_time=experiment.config.max_time,
             progress=progress,
         )
+        # The reference row, after the search so that it does not delay the first trial.
+        if "uniform" not in record.attrs:
+            record.set_attr("uniform", _evaluate_uniform(experiment, evaluator))
     return record, outcome
+
+
+def _continue_episodes(agent: Any, record: SearchRecord) -> None:
+    """Number new episodes after every recorded one, even when the checkpoint lags the record.
+
+    The checkpoint is written at most every few seconds (see ``amc.search``), so after a kill
+    the restored counter can be behind the trials already started; without this the next
+    proposals would reuse their episode numbers (and DDPG their noise sigma).
+    """
+    episodes = [trial.episode for trial in record.trials() if trial.episode is not None]
+    current = getattr(agent, "episode", None)
+    if episodes and isinstance(current, int) and current <= max(episodes):
+        agent.episode = max(episodes) + 1
 
 
 def finish(experiment: Experiment, record: SearchRecord, *, plots: bool = True) -> Finished:
@@ -250,7 +310,7 @@ def _plain(metrics: Any) -> dict[str, Any]:
 
 def _told(record: SearchRecord, proposal_type: type) -> list[tuple[Any, dict[str, Any] | None]]:
     """Completed trials as (proposal, result mapping) pairs, oldest first, for replay."""
-    pairs = []
+    pairs: list[tuple[Any, dict[str, Any] | None]] = []
     for trial in record.completed():
         if trial.plan is None or trial.value is None:
             continue

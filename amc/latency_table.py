@@ -44,6 +44,7 @@ class UnitLatency:
     widths: tuple[float, ...]
     ms: tuple[float, ...]
     nm_ms: float | None = None
+    flops: tuple[float, ...] = ()  # the model's FLOPs fraction at each width (for the fit)
 
     def at(self, keep_ratio: float) -> float:
         """Latency with this unit at ``keep_ratio``, interpolated (flat below the first width)."""
@@ -65,6 +66,9 @@ class LatencyTable:
     units: Mapping[str, UnitLatency]
     device: str = "cpu"
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: latency ~ fixed_ms + ms_per_flops * (FLOPs fraction), fitted by least squares on every
+    #: measured point; None when the curves carry no FLOPs (then savings are simply added)
+    fit: tuple[float, float] | None = None
 
     def saving(self, name: str, keep_ratio: float, nm: bool = False) -> float:
         """Milliseconds saved by cutting unit ``name`` to ``keep_ratio`` (and N:M if ``nm``)."""
@@ -78,21 +82,45 @@ class LatencyTable:
         return saved
 
     def estimate(
-        self, keep: Mapping[str, float], nm_choices: Mapping[str, bool] | None = None
+        self,
+        keep: Mapping[str, float],
+        nm_choices: Mapping[str, bool] | None = None,
+        flops_fraction: float | None = None,
     ) -> float:
-        """Estimated latency (ms) of a plan: dense minus the sum of per-unit savings.
+        """Estimated latency (ms) of a plan.
+
+        With a fit and the plan's FLOPs fraction: the fitted line ``fixed + slope * FLOPs``
+        plus, per cut unit, how far its own measurements sat from that line (so a unit that is
+        slower or faster per FLOP than the average keeps its measured character). Cutting two
+        coupled units shrinks a layer by the product of their ratios, which the FLOPs term
+        captures and a plain sum of per-unit savings (the fallback) over-counts.
 
         Args:
             keep: unit name -> kept channel fraction; units not named stay dense.
             nm_choices: unit name -> whether the unit uses the N:M pattern.
+            flops_fraction: the plan's predicted FLOPs as a fraction of dense.
         """
         nm_choices = nm_choices or {}
         names = set(keep) | {name for name, used in nm_choices.items() if used}
-        saved = sum(
-            self.saving(name, keep.get(name, 1.0), bool(nm_choices.get(name, False)))
-            for name in names
-        )
-        return max(0.0, self.dense_ms - saved)
+        if self.fit is None or flops_fraction is None:
+            saved = sum(
+                self.saving(name, keep.get(name, 1.0), bool(nm_choices.get(name, False)))
+                for name in names
+            )
+            return max(0.0, self.dense_ms - saved)
+        fixed, slope = self.fit
+        total = fixed + slope * flops_fraction
+        dense_residual = self.dense_ms - (fixed + slope)
+        for name in names:
+            curve = self.units.get(name)
+            if curve is None or not curve.flops:
+                continue
+            ratio = keep.get(name, 1.0)
+            line = fixed + slope * float(np.interp(ratio, curve.widths, curve.flops))
+            total += curve.at(ratio) - line - dense_residual
+            if nm_choices.get(name) and curve.nm_ms is not None:
+                total -= (self.dense_ms - curve.nm_ms) * ratio
+        return max(total + dense_residual, 0.05 * self.dense_ms)
 
     def max_saving_share(self, name: str) -> float:
         """The unit's largest measured saving as a fraction of the dense latency, in [0, 1]."""
@@ -109,9 +137,15 @@ class LatencyTable:
             "device": self.device,
             "meta": dict(self.meta),
             "units": {
-                name: {"widths": list(c.widths), "ms": list(c.ms), "nm_ms": c.nm_ms}
+                name: {
+                    "widths": list(c.widths),
+                    "ms": list(c.ms),
+                    "nm_ms": c.nm_ms,
+                    "flops": list(c.flops),
+                }
                 for name, c in self.units.items()
             },
+            "fit": list(self.fit) if self.fit else None,
         }
 
     @classmethod
@@ -129,6 +163,7 @@ class LatencyTable:
                     widths=tuple(float(w) for w in entry["widths"]),
                     ms=tuple(float(v) for v in entry["ms"]),
                     nm_ms=None if entry.get("nm_ms") is None else float(entry["nm_ms"]),
+                    flops=tuple(float(f) for f in entry.get("flops") or ()),
                 )
                 for name, entry in data["units"].items()
             }
@@ -137,6 +172,7 @@ class LatencyTable:
                 units=units,
                 device=str(data.get("device", "cpu")),
                 meta=dict(data.get("meta") or {}),
+                fit=tuple(float(v) for v in data["fit"]) if data.get("fit") else None,  # type: ignore[arg-type]
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise PlanFormatError(
@@ -278,15 +314,34 @@ class LatencyTable:
             points = sorted(measured[unit.name].items()) + [(1.0, dense_ms)]
             # Timing noise can make a narrower model look slower: keep each curve monotone.
             ms = np.minimum(np.maximum.accumulate([v for _, v in points]), dense_ms)
+            flops = [
+                graph.predict({unit.name: round(w * unit.channels)}).flops / graph.dense_flops
+                for w, _ in points
+            ]
             curves[unit.name] = UnitLatency(
                 widths=tuple(w for w, _ in points),
                 ms=tuple(float(v) for v in ms),
                 nm_ms=nm_ms.get(unit.name),
+                flops=tuple(flops),
             )
         meta: dict[str, Any] = {"warmup": warmup, "min_run_time": min_run_time}
         meta |= {"repeats": repeats, "threads": threads, "batch_size": _batch_size(example_inputs)}
         meta |= {"round_to": round_to, "nm": f"{nm[0]}:{nm[1]}" if nm else None}
-        return cls(dense_ms=dense_ms, units=curves, device=str(device), meta=meta)
+        return cls(
+            dense_ms=dense_ms, units=curves, device=str(device), meta=meta, fit=_fit(curves)
+        )
+
+
+def _fit(curves: Mapping[str, UnitLatency]) -> tuple[float, float] | None:
+    """Least-squares line latency = fixed + slope * FLOPs fraction over every measured point."""
+    xs = [f for c in curves.values() for f in c.flops]
+    ys = [m for c in curves.values() for m in c.ms[: len(c.flops)]]
+    if len(set(xs)) < 2:
+        return None
+    slope, fixed = np.polyfit(xs, ys, 1)
+    if slope <= 0:  # noise swamped the signal: fall back to adding savings
+        return None
+    return (float(fixed), float(slope))
 
 
 def _batch_size(example_inputs: Any) -> int:

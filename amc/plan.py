@@ -139,7 +139,8 @@ class PruningPlan:
             problems.extend(_target_problems(target))
         model = data.get("model") or {}
         if problems:
-            raise PlanFormatError("Invalid plan: " + "; ".join(problems) + ".")
+            message = "Invalid plan: " + "; ".join(problems)
+            raise PlanFormatError(message if message.endswith("?") else message + ".")
         return cls(
             units=units,
             model=str(model.get("fingerprint", "")) if isinstance(model, Mapping) else "",
@@ -161,7 +162,12 @@ class PruningPlan:
                 f"{source} is not valid JSON: {error.msg} at line {error.lineno} column "
                 f"{error.colno}. A plan file is the JSON written by `amc export`."
             ) from error
-        return cls.from_json(data)
+        try:
+            return cls.from_json(data)
+        except PlanFormatError as error:
+            if source == "<string>":
+                raise
+            raise PlanFormatError(f"{source}: {error}") from error
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PruningPlan:
@@ -285,7 +291,14 @@ def validate_plan(plan: PruningPlan, graph: UnitGraph, check_model: bool = True)
                 f"{', '.join(blocks) or 'none'}"
             )
     if problems:
-        raise PlanMismatchError("The plan does not fit this model: " + "; ".join(problems) + ".")
+        message = "The plan does not fit this model: " + "; ".join(problems)
+        message += "" if message.endswith("?") else "."
+        if any(name not in by_name for name in plan.units):
+            shown = ", ".join(names[:20]) + (
+                f" and {len(names) - 20} more" if len(names) > 20 else ""
+            )
+            message += f" Units of this model: {shown} (`amc units MODEL` lists them)."
+        raise PlanMismatchError(message)
 
 
 def uniform_plan(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ class WeightMask(nn.Module):
         self.pattern = pattern  # "2:4" or "unstructured"
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
+        return weight * cast(torch.Tensor, self.mask)
 
 
 def apply_plan(
@@ -113,13 +113,18 @@ def apply_plan(
             layer = pruned.get_submodule(layer_name)
             if unit_plan.nm is not None:
                 n, m = unit_plan.nm
-                mask = nm_mask(layer.weight, n, m)
-                _register_mask(layer, mask, f"{n}:{m}")
+                _register_mask(layer, nm_mask(_weight(layer), n, m), f"{n}:{m}")
             if unit_plan.sparsity:
-                mask = magnitude_mask(layer.weight, unit_plan.sparsity)
+                mask = magnitude_mask(_weight(layer), unit_plan.sparsity)
                 _register_mask(layer, mask, "unstructured")
     pruned.train(was_training)
     return pruned
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)  # Conv/Linear layers of a unit
+    return weight
 
 
 def _register_mask(layer: nn.Module, mask: torch.Tensor, pattern: str) -> None:
@@ -160,11 +165,12 @@ def restore_masks(model: nn.Module, plan: PruningPlan, graph: UnitGraph) -> nn.M
             if layer_name.startswith(skipped):
                 continue
             layer = model.get_submodule(layer_name)
+            weight = _weight(layer)
             if unit_plan.nm is not None:
                 n, m = unit_plan.nm
-                _register_mask(layer, nm_mask(layer.weight, n, m), f"{n}:{m}")
+                _register_mask(layer, nm_mask(weight, n, m), f"{n}:{m}")
             if unit_plan.sparsity:
-                _register_mask(layer, (layer.weight != 0).to(layer.weight.dtype), "unstructured")
+                _register_mask(layer, (weight != 0).to(weight.dtype), "unstructured")
     return model
 
 
@@ -186,8 +192,7 @@ def accelerate_nm(model: nn.Module) -> list[str]:
     }
     if not layers:
         return []
-    first = model.get_submodule(next(iter(layers)))
-    weight = first.weight
+    weight = _weight(model.get_submodule(next(iter(layers))))
     if weight.device.type != "cuda":
         raise SparseKernelUnavailable(
             "2:4 sparse kernels need the model on a CUDA device; on "
@@ -206,6 +211,6 @@ def accelerate_nm(model: nn.Module) -> list[str]:
     for name in layers:
         layer = model.get_submodule(name)
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-        layer.weight = nn.Parameter(to_sparse_semi_structured(layer.weight.detach()))
+        layer.weight = nn.Parameter(to_sparse_semi_structured(_weight(layer).detach()))
         converted.append(name)
     return converted

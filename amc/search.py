@@ -80,7 +80,8 @@ def objective_values(result: EvalResult, objectives: Sequence[str], reward: str)
         if name == "reward":
             values.append(reward_of(result, reward))
         elif name == "accuracy":
-            values.append(result.accuracy if result.accuracy is not None else result.fidelity)
+            quality = result.accuracy if result.accuracy is not None else result.fidelity
+            values.append(float("nan") if quality is None else quality)
         else:
             values.append(float(getattr(result, name)))
     return values
@@ -122,7 +123,9 @@ def run_search(
     completed = record.count_completed()
     rewards: list[float] = []
     failed = 0
+    over_budget = 0
     in_flight: dict[int, Any] = {}
+    checkpoint = _Checkpointer(record, agent)
     bar = _progress(progress)
     task = bar.add_task("search", total=episodes, completed=completed, best="-", rate="-")
     best = -math.inf
@@ -143,6 +146,8 @@ def run_search(
                         evaluator.submit(number, proposal.plan)
                 if not in_flight:
                     break
+                # Checkpoint while the workers are busy, not between a result and the next plan.
+                checkpoint.maybe_save()
                 for number, result in evaluator.poll(timeout=1.0):
                     proposal = in_flight.pop(number)
                     ok = result.status == "ok"
@@ -155,10 +160,14 @@ def run_search(
                         rewards.append(value)
                         best = max(best, value)
                         told = {"reward": value, **_metrics(result)}
+                    elif result.status == "over_budget":
+                        # measured over the target (the estimate was off, or the machine was
+                        # noisy): recorded with its metrics, not a completed episode
+                        over_budget += 1
                     else:
                         failed += 1
                     agent.tell([proposal], [told])
-                    record.save_agent_state(agent.state_dict())
+                    checkpoint.changed()
                     if on_result is not None:
                         on_result(number, result)
                     minutes = max(time.monotonic() - started, 1e-9) / 60
@@ -168,19 +177,29 @@ def run_search(
                         best=f"{best:.4f}" if rewards else "-",
                         rate=f"{(completed + failed) / minutes:.1f}",
                     )
+                    if over_budget >= 3 * episodes + 10:
+                        raise SearchFailed(
+                            f"{over_budget} plans measured over the target ({result.error}); "
+                            "the latency estimate does not match this device. Loosen the target "
+                            "or the tolerance, or measure on a quieter machine."
+                        )
                     if failed >= max_failures:
                         raise SearchFailed(
                             f"{failed} evaluations failed (last: {result.error}); stopping. "
                             "Inspect the failed trials with `amc show` and fix the cause."
                         )
-    except KeyboardInterrupt:
+    except BaseException as error:
+        # Ctrl-C or a fatal error: nothing may stay RUNNING, and the agent is checkpointed.
+        reason = "interrupted" if isinstance(error, KeyboardInterrupt) else "aborted"
         for number in evaluator.cancel_all():
             in_flight.pop(number, None)
-            record.finish(number, {"status": "failed", "reason": "interrupted"}, None)
+            record.finish(number, {"status": "failed", "reason": reason}, None)
         for number in list(in_flight):
-            record.finish(number, {"status": "failed", "reason": "interrupted"}, None)
-        record.save_agent_state(agent.state_dict())
+            record.finish(number, {"status": "failed", "reason": reason}, None)
+        record.recover_running()  # a trial started just before the signal, not yet in flight
+        checkpoint.save()
         raise
+    checkpoint.save()
     return SearchOutcome(
         completed=completed,
         failed=failed,
@@ -188,6 +207,40 @@ def run_search(
         elapsed_s=time.monotonic() - started,
         rewards=rewards,
     )
+
+
+class _Checkpointer:
+    """Writes the agent's checkpoint often, but spends at most ~5% of the wall time on it.
+
+    A DDPG checkpoint (networks and optimizer moments) is megabytes: writing it after every
+    result would cost more than a cheap evaluation. The first change is saved at once; later
+    ones when at least ``19x`` the last save's duration has passed since it (and always at the
+    end). A resumed agent whose checkpoint lags the record continues after the last recorded
+    episode (see ``amc.experiment.search``).
+    """
+
+    def __init__(self, record: Any, agent: SearchAgent, share: float = 0.05) -> None:
+        self.record = record
+        self.agent = agent
+        self.share = share
+        self.dirty = False
+        self.last_end = -math.inf
+        self.last_cost = 0.0
+
+    def changed(self) -> None:
+        self.dirty = True
+
+    def maybe_save(self) -> None:
+        waited = time.monotonic() - self.last_end
+        if self.dirty and waited >= self.last_cost * (1 - self.share) / self.share:
+            self.save()
+
+    def save(self) -> None:
+        begun = time.monotonic()
+        self.record.save_agent_state(self.agent.state_dict())
+        self.last_end = time.monotonic()
+        self.last_cost = self.last_end - begun
+        self.dirty = False
 
 
 def _metrics(result: EvalResult) -> dict[str, float]:

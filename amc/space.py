@@ -511,7 +511,9 @@ class SearchSpace:
 
     def _latency(self, channels: Mapping[str, int], nm_used: set[str]) -> float:
         assert self.latency_table is not None
-        return self.latency_table.estimate(self._ratios(channels), dict.fromkeys(nm_used, True))
+        ratios = self._ratios(channels)
+        flops_fraction = self._cost.cost(ratios)[0] / self.graph.dense_flops
+        return self.latency_table.estimate(ratios, dict.fromkeys(nm_used, True), flops_fraction)
 
     def _nm_used(self, nm_choices: Mapping[str, bool]) -> set[str]:
         return {name for name, used in nm_choices.items() if used and self.offers_nm(name)}

@@ -486,13 +486,13 @@ def _is_depthwise(module: Any) -> bool:
 def _out_channels(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.out_features
-    return int(module.out_channels)  # type: ignore[union-attr]
+    return int(getattr(module, "out_channels"))  # noqa: B009 - any conv-like layer
 
 
 def _in_channels(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.in_features
-    return int(module.in_channels)  # type: ignore[union-attr]
+    return int(getattr(module, "in_channels"))  # noqa: B009 - any conv-like layer
 
 
 def _nm_features(module: nn.Module) -> int:

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,14 +79,6 @@ class DataSplits:
             generator=generator,
             drop_last=drop_last,
         )
-
-
-class DataBuilder(Protocol):
-    """Signature of a built-in data set: optional location, target shape, keyword options."""
-
-    def __call__(
-        self, location: str | None, input_shape: InputShape, limit: int | None, **kwargs: Any
-    ) -> DataSplits: ...
 
 
 def _to_inputs(
@@ -334,7 +326,7 @@ def load_synthetic(
     )
 
 
-DATASETS: dict[str, DataBuilder] = {
+DATASETS: dict[str, Callable[..., DataSplits]] = {
     "digits": load_digits_data,
     "fashion-mnist": load_fashion_mnist,
     "mnist": load_idx_folder,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from amc.errors import DataError
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -41,7 +42,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{str(path)!r} is not an IDX file: expected the magic bytes 00 00 <type> <ndim> "
             f"(types {', '.join(hex(t) for t in _IDX_DTYPES)}), got {raw[:4].hex(' ')!r}."
         )
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    dtype = _IDX_DTYPES[raw[2]]
+    ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4")) if ndim else ()
     count = int(np.prod(shape)) if shape else 0

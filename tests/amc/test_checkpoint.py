@@ -106,7 +106,10 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(CheckpointError) as info:
         load_weights(_net(), missing)
-    assert str(info.value) == f"Weights file '{missing}' does not exist or is not a file."
+    assert str(info.value) == (
+        f"Weights file '{missing}' does not exist or is not a file. Check the path; weights are "
+        "a .safetensors file or a torch.save state dict."
+    )
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=re.escape(f"'{bad}' is not a readable safetensors")):

@@ -166,7 +166,8 @@ def test_plan_for_another_model_fails_with_its_message(workload: Workload) -> No
     assert result.status == "failed" and result.reason == "exception"
     assert result.error == (
         "PlanMismatchError: The plan does not fit this model: unknown unit 'fc7'. "
-        "Did you mean 'fc1'?."
+        "Did you mean 'fc1'? Units of this model: conv1, conv2, fc1 (`amc units MODEL` lists "
+        "them)."
     )
 
 

@@ -112,7 +112,8 @@ def test_validation_lists_every_mismatch_with_did_you_mean(lenet_graph) -> None:
         "unit 'conv2': keep_ratio 0.01 leaves zero of its 16 channels; the smallest ratio is "
         "0.0625; unit 'fc1': N:M 2:3 needs the input size of 'fc1' to be a multiple of 3, but "
         "it is 256; round channels (round_to) to a multiple of 3 or leave this unit dense; "
-        "block 'layer9' cannot be skipped. Skippable residual blocks: none."
+        "block 'layer9' cannot be skipped. Skippable residual blocks: none. Units of this "
+        "model: conv1, conv2, fc1 (`amc units MODEL` lists them)."
     )
 
 

@@ -1,0 +1,1 @@
+"""Experiment configs and example modules (``experiments.own_model`` is importable by spec)."""
