@@ -84,6 +84,8 @@ def prepare(
             batch_size=config.baseline.batch_size,
             seed=config.seed,
             progress=progress,
+            device=config.device,
+            model_kwargs=config.model_kwargs,
         )
         weights = str(path)
     spec = TaskSpec(

@@ -114,7 +114,9 @@ def run_search(
             (default: ``max(10, episodes)``).
 
     Ctrl-C stops cleanly: in-flight trials are recorded as failed ("interrupted"), the agent's
-    checkpoint is written, and :class:`KeyboardInterrupt` is re-raised for the caller to report.
+    checkpoint is written, and :class:`KeyboardInterrupt` is re-raised for the caller to report;
+    any other error (e.g. :class:`SearchFailed`) does the same with reason "aborted". The agent
+    is checkpointed while the evaluator works, at most ~5% of the time, and at the end.
     """
     started = time.monotonic()
     max_failures = max_failures if max_failures is not None else max(10, episodes)

@@ -7,7 +7,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -412,6 +412,7 @@ def pretrained(
     batch_size: int = 64,
     optimizer: str = "sgd",
     device: str | torch.device = "cpu",
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, Path]:
     """A trained baseline: trained once, cached as safetensors, reloaded on later calls.
 
@@ -437,8 +438,13 @@ def pretrained(
         lr=lr,
         batch_size=batch_size,
         optimizer=optimizer,
+        **({"model_kwargs": dict(model_kwargs)} if model_kwargs else {}),
     )
-    model_options: dict[str, Any] = {"in_channels": shape[0], "image_size": shape[1]}
+    model_options: dict[str, Any] = {
+        "in_channels": shape[0],
+        "image_size": shape[1],
+        **dict(model_kwargs or {}),
+    }
     if path.is_file():
         metadata = read_metadata(path)
         if metadata.get("format") != BASELINE_FORMAT:

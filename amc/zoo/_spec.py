@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +25,7 @@ def import_callable(spec: str, kind: str, error: type[AmcError]) -> Callable[...
     if not module_name or not attr_path:
         raise error(f"Cannot resolve {kind} spec {spec!r}. {expected}.")
     try:
-        target: Any = importlib.import_module(module_name)
+        target: Any = _import(module_name)
     except ImportError as exc:
         raise error(
             f"Cannot import module {module_name!r} of {kind} spec {spec!r}: {exc}. {expected}, "
@@ -39,6 +41,18 @@ def import_callable(spec: str, kind: str, error: type[AmcError]) -> Callable[...
     if not callable(target):
         raise error(f"{spec!r} is not callable. {expected}.")
     return target
+
+
+def _import(module_name: str) -> Any:
+    """Import a module; like ``python -m``, also look in the current folder (appended last)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        cwd = os.getcwd()
+        if cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
 
 
 def call_with_accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:

@@ -8,6 +8,7 @@ Nothing is downloaded and nothing is unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -377,7 +378,13 @@ def _from_callable(
     factory: Callable[..., Any] = import_callable(spec, "data", DataError)
     result = call_with_accepted(factory, {"input_shape": input_shape, **kwargs})
     if isinstance(result, DataSplits):
-        return result
+        if limit is None:
+            return result
+        return dataclasses.replace(
+            result,
+            train=Subset(result.train, range(min(limit, len(result.train)))),  # type: ignore[arg-type]
+            test=Subset(result.test, range(min(limit, len(result.test)))),  # type: ignore[arg-type]
+        )
     if not (isinstance(result, tuple | list) and len(result) == 2):
         raise DataError(
             f"Data spec {spec!r} returned {type(result).__name__}; expected DataSplits or a "

@@ -175,3 +175,31 @@ def test_skipping_a_residual_block_replaces_it_with_identity() -> None:
     pruned = apply_plan(model, PruningPlan(units={}, skip=("layer1.1",)), x)
     assert isinstance(pruned.layer1[1], nn.Identity)
     assert pruned(x).shape == (2, 10)
+
+
+def test_nm_stays_a_mask_off_cuda_and_says_so() -> None:
+    from amc.prune import SparseKernelUnavailable, accelerate_nm
+
+    model, x = LeNet().eval(), torch.randn(2, 1, 16, 16)
+    pruned = apply_plan(model, PruningPlan(units={"fc1": UnitPlan(1.0, nm=(2, 4))}), x)
+    with pytest.raises(SparseKernelUnavailable, match="2:4 sparse kernels need the model on a CUDA"):
+        accelerate_nm(pruned)
+    assert masked_layers(pruned) == {"fc1": ["2:4"]}
+
+
+@pytest.mark.gpu
+def test_two_of_four_linear_weights_become_semi_structured_on_cuda() -> None:
+    from torch.sparse import SparseSemiStructuredTensor
+
+    from amc.prune import accelerate_nm
+
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("semi-structured sparsity needs compute capability 8.0+")
+    model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    x = torch.randn(32, 128)
+    plan = PruningPlan(units={"0": UnitPlan(1.0, nm=(2, 4))})
+    pruned = apply_plan(model, plan, x).half().cuda()
+    expected = pruned(x.half().cuda())
+    assert accelerate_nm(pruned) == ["0"]
+    assert isinstance(pruned[0].weight, SparseSemiStructuredTensor)
+    assert torch.allclose(pruned(x.half().cuda()), expected, atol=1e-2, rtol=1e-2)

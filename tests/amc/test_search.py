@@ -241,7 +241,8 @@ def test_two_searches_write_one_storage_at_once(prepared: Experiment, storage_ur
     def search(study: str) -> None:
         try:
             run = variant(prepared, storage_url, study, "random", episodes=3)
-            with LocalEvaluator(prepared.spec) as evaluator:
+            # One shared workload: evaluations only read the dense model and the batches.
+            with LocalEvaluator(prepared.spec, workload=prepared.workload) as evaluator:
                 experiment.search(run, progress=False, evaluator=evaluator)
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)

@@ -1,0 +1,179 @@
+"""Benchmark the search service: throughput on 1 vs 2 Ray workers, overhead, time to first trial.
+
+    python experiments/bench_service.py [--episodes 12] [--finetune-steps 50] [--agent ddpg]
+
+Prints a markdown table. Goals (issue 4): 2 workers >= 1.7x the evaluations per minute of 1;
+per-evaluation overhead outside fine-tune and latency timing under 5% of the evaluation time;
+under 15 s from `amc search` to the first recorded trial on 2 cores.
+
+Throughput runs the same search (model, data, agent, seed) in this process with a Ray evaluator
+of 1 and 2 workers, one torch thread each (so the speed-up is the workers' alone: two intra-op
+threads on a busy 2-core machine thrash, which would flatter the 2-worker run).
+Two overheads are reported, from each trial's ``EvalResult.times`` and the driver's wall time:
+
+- in-worker: the share of an evaluation's time outside fine-tune and latency timing (apply the
+  plan, count, BN recalibration, held-out evaluation, waiting for the device lock);
+- service: the share of worker time not spent evaluating at all (the driver's ask, tell, record
+  and checkpoint, Ray transport, idle workers), ``1 - sum(total) / (workers * wall)``.
+
+Time to first trial runs the `amc` console script in a subprocess and polls the storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG = """
+model: resnet20
+data: digits
+input_shape: [1, 16, 16]
+data_limit: 512
+baseline: {{epochs: 2}}
+target: flops=0.5
+finetune: {{steps: {steps}, bn_batches: 2, eval_batches: 4, batch_size: 32}}
+agent: {{name: {agent}, settings: {settings}}}
+episodes: {episodes}
+threads: 1
+seed: 0
+"""
+
+
+def config_text(args: argparse.Namespace, episodes: int) -> str:
+    settings = "{warmup: 4}" if args.agent == "ddpg" else "{}"
+    return CONFIG.format(
+        steps=args.finetune_steps, agent=args.agent, settings=settings, episodes=episodes
+    )
+
+
+def throughput(args: argparse.Namespace, runs: Path, workers: int) -> dict[str, Any]:
+    """One search on a fresh study with ``workers`` Ray workers; evals/min and overheads."""
+    from amc import experiment
+    from amc.config import load_config
+    from amc.distributed import RayEvaluator
+
+    overrides = {
+        "runs_dir": str(runs),
+        "storage": f"sqlite:///{runs}/bench.db",
+        "study": f"throughput-{workers}",
+        "ray.workers": workers,
+    }
+    config = load_config(None, overrides, text=config_text(args, args.episodes))
+    prepared = experiment.prepare(config, progress=False)
+    with RayEvaluator(prepared.spec, workers=workers) as evaluator:
+        record, outcome = experiment.search(prepared, progress=False, evaluator=evaluator)
+    trials = [t for t in record.trials() if t.state == "COMPLETE"]
+    times = [dict(t.metrics["times"]) for t in trials]
+    total = sum(t["total"] for t in times)
+    inside = sum(t.get("finetune", 0.0) + t.get("latency", 0.0) for t in times)
+    return {
+        "workers": workers,
+        "threads": prepared.spec.threads,
+        "evals": len(trials),
+        "failed": outcome.failed,
+        "wall_s": outcome.elapsed_s,
+        "per_min": 60 * (len(trials) + outcome.failed) / outcome.elapsed_s,
+        "eval_s": statistics.median(t["total"] for t in times),
+        "finetune_s": statistics.median(t.get("finetune", 0.0) for t in times),
+        "latency_s": statistics.median(t.get("latency", 0.0) for t in times),
+        "wait_s": statistics.median(t.get("wait", 0.0) for t in times),
+        "in_worker": (total - inside) / total,
+        "service": 1 - total / (workers * outcome.elapsed_s),
+    }
+
+
+def first_trial(args: argparse.Namespace, runs: Path, workers: int | None) -> dict[str, float]:
+    """Seconds from starting `amc search` to its first RUNNING and first COMPLETE trial."""
+    from amc.study import SearchRecord
+
+    study = f"first-{workers}"
+    storage = f"sqlite:///{runs}/first.db"
+    path = runs / f"{study}.yaml"
+    path.write_text(config_text(args, 4) + f"runs_dir: {runs}\n", encoding="utf-8")
+    command = [str(Path(sys.executable).with_name("amc")), "search", str(path), "--quiet"]
+    command += ["--study", study, "--storage", storage]
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marks: dict[str, float] = {}
+    try:
+        while "complete" not in marks:
+            if process.poll() is not None:
+                raise RuntimeError(f"amc search failed: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+            try:
+                states = [t.state for t in SearchRecord.open(storage, study).trials()]
+            except Exception:  # noqa: BLE001 - the study does not exist yet
+                states = []
+            now = time.monotonic() - started
+            if states and "started" not in marks:
+                marks["started"] = now
+            if "COMPLETE" in states:
+                marks["complete"] = now
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGINT)  # stops cleanly (and shuts its Ray down)
+        process.wait(timeout=120)
+    return marks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--episodes", type=int, default=12)
+    parser.add_argument("--finetune-steps", type=int, default=50)
+    parser.add_argument("--agent", default="ddpg")
+    parser.add_argument("--runs", type=Path, default=None, help="keep results here")
+    args = parser.parse_args()
+    runs = args.runs or Path(tempfile.mkdtemp(prefix="amc-bench-"))
+    runs.mkdir(parents=True, exist_ok=True)
+
+    # The baseline is trained once, outside every timing.
+    from amc import experiment
+    from amc.config import load_config
+
+    warm = load_config(None, {"runs_dir": str(runs)}, text=config_text(args, 1))
+    experiment.prepare(warm, progress=False)
+
+    first = {label: first_trial(args, runs, workers) for label, workers in (("2 Ray", None),)}
+    first["in-process"] = first_trial(args, runs, 0)
+
+    import ray
+
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    rows = [throughput(args, runs, workers) for workers in (1, 2)]
+    ray.shutdown()
+
+    cores = os.cpu_count()
+    print(
+        f"\n{args.agent}, resnet20 on digits 1x16x16, fine-tune {args.finetune_steps} steps, "
+        f"{args.episodes} episodes, {cores} cores, load before start "
+        f"{os.getloadavg()[0]:.1f}\n"
+    )
+    print(
+        "| workers | threads each | evals | evals/min | speed-up | eval s (median) | "
+        "fine-tune s | latency s | lock wait s | in-worker overhead | service overhead |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['workers']} | {row['threads']} | {row['evals']} | {row['per_min']:.1f} | "
+            f"{row['per_min'] / rows[0]['per_min']:.2f}x | {row['eval_s']:.2f} | "
+            f"{row['finetune_s']:.2f} | {row['latency_s']:.2f} | {row['wait_s']:.2f} | "
+            f"{row['in_worker']:.1%} | {row['service']:.1%} |"
+        )
+    print("\n| `amc search` | first trial started | first trial recorded (complete) |")
+    print("|---|---|---|")
+    for label, marks in first.items():
+        print(f"| {label} | {marks['started']:.1f} s | {marks['complete']:.1f} s |")
+
+
+if __name__ == "__main__":
+    main()

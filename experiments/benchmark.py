@@ -1,0 +1,1071 @@
+"""Benchmark (issue 6): does the search beat the established ways of pruning, and at what cost?
+
+For a trained baseline and one or more targets, in ONE process and one machine state:
+
+1. peers through Torch-Pruning itself (``tp.pruner.MetaPruner`` with
+   ``GroupMagnitudeImportance(p=1)``, classifier ignored, ``max_pruning_ratio = 1 - lower
+   bound``): uniform (``global_pruning=False``) and global (``global_pruning=True``) magnitude
+   pruning, the ``pruning_ratio`` found by bisection on the MEASURED metric (FLOPs with
+   ``count_flops``, latency with ``measure_latency``, dense and candidate timed back to back);
+2. our strategies ``random``, ``uniform``, ``tpe``, ``nsga2``, ``ddpg``: each asks for the SAME
+   number of plans (``--evals``), and every plan goes through the SAME in-process
+   ``Workload.evaluate`` (apply, ``--finetune-steps`` of fine-tune, accuracy on a validation
+   split, latency). A plan identical to one already evaluated in the same search (the uniform
+   agent proposes one plan over and over) reuses that result; evaluations/minute count the
+   distinct ones;
+3. the best plan of each strategy (highest validation accuracy among plans measured within the
+   target; for nsga2 that is the best-accuracy plan of its front within the target) and the two
+   peers' models go through the SAME final fine-tune (``--final-steps``) and are scored on the
+   SAME held-out test samples, which the search never sees;
+4. the dense model and all those models are timed in one interleaved run (A B C ... A B C ...,
+   ``--rounds`` rounds, at every ``--report-batches`` batch size, 1 thread); the medians of the
+   rounds are reported, so machine drift cancels.
+
+Data: the validation split used by the search is the first ``--val`` samples of the data set's
+test split, the final test split the next ``--test`` samples; training and fine-tuning use the
+train split. The baseline is ``amc.train.pretrained`` (cached under ``RUNS/baselines``).
+
+Reported per case, target and strategy: final accuracy (mean and std over seeds), measured
+latency and its ratio to dense, FLOPs and params ratios, search wall time, evaluations per
+minute; and whether the issue's goals were met. Outputs: ``experiments/results/<date>-<host>.md``
+and PNG plots next to it (accuracy vs measured latency with the dense point; best-so-far
+validation accuracy per evaluation), raw numbers in ``RUNS/benchmark/<date>-<host>.json``. The
+report is rewritten after every finished (seed, target), so an interrupted run leaves results.
+
+Targets are ``METRIC=FRACTION`` with an optional ``@BATCH`` for latency targets (the batch size
+latency is searched and judged at), e.g. ``flops=0.3``, ``latency=0.4@32``.
+
+Run (the issue's full budget, about an hour on an idle 2-core machine or more)::
+
+    .venv/bin/python experiments/benchmark.py
+    .venv/bin/python experiments/benchmark.py --cases resnet20-fmnist \\
+        --targets flops=0.3,latency=0.4@32 --seeds 2 --evals 16
+    .venv/bin/python experiments/benchmark.py --cifar10 /data/cifar-10-batches-bin
+    .venv/bin/python experiments/benchmark.py --quick        # CI-scale smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import Subset  # noqa: E402
+
+from agents import get_agent  # noqa: E402
+from amc.evaluate import EvalResult, TaskSpec, Workload  # noqa: E402
+from amc.measure import count_flops, count_params, measure_latency  # noqa: E402
+from amc.plan import PruningPlan  # noqa: E402
+from amc.prune import apply_plan  # noqa: E402
+from amc.search import reward_of  # noqa: E402
+from amc.space import SearchSpace, Target  # noqa: E402
+from amc.train import evaluate, finetune, pretrained  # noqa: E402
+from amc.zoo import DataSplits, get_data  # noqa: E402
+
+PEERS = ("tp_uniform", "tp_global")
+SEARCHED = ("random", "uniform", "tpe", "nsga2", "ddpg")
+STRATEGIES = PEERS + SEARCHED
+LABELS = {
+    "tp_uniform": "TP uniform",
+    "tp_global": "TP global",
+    "random": "random",
+    "uniform": "uniform",
+    "tpe": "tpe",
+    "nsga2": "nsga2",
+    "ddpg": "ddpg",
+}
+CIFAR_HELP = (
+    "resnet56 on CIFAR-10 (AMC's setting) needs a local CIFAR-10 folder: download the 'CIFAR-10 "
+    "binary version' (cifar-10-binary.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html, "
+    "extract it and pass --cifar10 /path/to/cifar-10-batches-bin."
+)
+# What the issue asks for, to state what a run covered.
+ISSUE_CASES = {
+    "resnet20-fmnist": "flops=0.3, latency=0.4@1, latency=0.4@32",
+    "mobilenetv2-fmnist": "latency=0.5@1",
+    "resnet56-cifar10": "flops=0.5 (with --cifar10)",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model on one data set with its default targets."""
+
+    name: str
+    model: str
+    data: str
+    input_shape: tuple[int, int, int]
+    targets: tuple[str, ...]
+    needs: str | None = None  # a command-line option that must be given, else skipped
+
+
+CASES = {
+    "resnet20-fmnist": Case(
+        "resnet20-fmnist",
+        "resnet20",
+        "fashion-mnist",
+        (1, 28, 28),
+        ("flops=0.3", "latency=0.4@1", "latency=0.4@32"),
+    ),
+    "mobilenetv2-fmnist": Case(
+        "mobilenetv2-fmnist", "mobilenetv2", "fashion-mnist", (1, 28, 28), ("latency=0.5@1",)
+    ),
+    "resnet56-cifar10": Case(
+        "resnet56-cifar10", "resnet56", "cifar10", (3, 32, 32), ("flops=0.5",), needs="cifar10"
+    ),
+    # --quick: CI scale
+    "resnet20-synthetic": Case(
+        "resnet20-synthetic", "resnet20", "synthetic", (1, 16, 16), ("flops=0.5", "latency=0.6@1")
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--quick", action="store_true", help="CI-scale smoke run (synthetic data, tiny budgets)")
+    add("--cases", default=None, help=f"comma list of {', '.join(CASES)}")
+    add("--targets", default=None, help="comma list overriding every case's targets")
+    add("--cifar10", default=None, help="local CIFAR-10 binary folder (enables resnet56)")
+    add("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; quick 1)")
+    add("--evals", type=int, default=None, help="plans each strategy evaluates (default 30)")
+    add("--finetune-steps", type=int, default=None, help="fine-tune steps per evaluation")
+    add("--final-steps", type=int, default=None, help="final fine-tune steps of each best plan")
+    add("--lr", type=float, default=0.01, help="fine-tune learning rate (both stages)")
+    add("--batch-size", type=int, default=None, help="fine-tune and evaluation batch size")
+    add("--val", type=int, default=None, help="validation samples the search scores plans on")
+    add("--test", type=int, default=None, help="held-out samples the final models are scored on")
+    add("--baseline-epochs", type=int, default=None, help="epochs of the dense baseline")
+    add("--lower-bound", type=float, default=0.2, help="smallest keep ratio of a unit (AMC)")
+    add("--report-batches", default=None, help="batch sizes of the final latency (e.g. 1,32)")
+    add("--search-latency-batch", type=int, default=1, help="latency batch for FLOPs targets")
+    add("--rounds", type=int, default=None, help="rounds of the interleaved latency run")
+    add("--threads", type=int, default=1, help="torch threads for everything")
+    add("--time-budget", type=float, default=None, help="minutes; no new job starts after")
+    add("--out", default=str(ROOT / "experiments" / "results"), help="results folder")
+    add("--runs", default=str(ROOT / "runs"), help="cache folder (baselines, raw JSON)")
+    add("--tag", default=None, help="file stem (default <date>-<host>)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults: dict[str, Any] = {
+        "cases": "resnet20-synthetic"
+        if quick
+        else "resnet20-fmnist,mobilenetv2-fmnist,resnet56-cifar10",
+        "seeds": 1 if quick else 3,
+        "batch_size": 16 if quick else 64,
+        "evals": 3 if quick else 30,
+        "finetune_steps": 2 if quick else 20,
+        "final_steps": 2 if quick else 300,
+        "val": 64 if quick else 2000,
+        "test": 128 if quick else 5000,
+        "baseline_epochs": 1 if quick else 2,
+        "report_batches": "1,2" if quick else "1,32",
+        "rounds": 1 if quick else 3,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.case_names = [name.strip() for name in args.cases.split(",") if name.strip()]
+    unknown = [name for name in args.case_names if name not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    args.target_list = (
+        [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    )
+    for text in args.target_list or []:
+        parse_target(text, 1)  # fail early on a bad target
+    args.batches = [int(b) for b in args.report_batches.split(",")]
+    # measurement statistics: short in quick mode
+    args.lat_search = (
+        {"warmup": 1, "min_run_time": 0.01, "repeats": 2}
+        if quick
+        else {"warmup": 3, "min_run_time": 0.25, "repeats": 10}
+    )
+    args.lat_final = (
+        {"warmup": 1, "min_run_time": 0.01, "repeats": 2}
+        if quick
+        else {"warmup": 5, "min_run_time": 0.5, "repeats": 15}
+    )
+    args.table_widths = (0.5,) if quick else (0.25, 0.5, 0.75)
+    args.tp_iterations = 3 if quick else 10
+    return args
+
+
+def parse_target(text: str, default_batch: int) -> tuple[Target, int]:
+    """``"latency=0.4@32"`` -> (Target latency 0.4, batch 32); other metrics take the default."""
+    body, _, batch = text.partition("@")
+    target = Target.parse(body)
+    if batch and target.metric != "latency":
+        raise SystemExit(f"error: only latency targets take @BATCH, got {text!r}")
+    return target, int(batch) if batch else default_batch
+
+
+def target_key(target: Target, batch: int) -> str:
+    return f"{target}@{batch}" if target.metric == "latency" else str(target)
+
+
+# --------------------------------------------------------------------------------------------
+# the peers: Torch-Pruning itself
+# --------------------------------------------------------------------------------------------
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The last Linear layer (the output layer Torch-Pruning must not prune)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ValueError("no Linear output layer found to exclude from pruning")
+    return names[-1]
+
+
+def tp_prune(model: nn.Module, example: torch.Tensor, ratio: float, global_pruning: bool,
+             max_ratio: float) -> nn.Module:  # fmt: skip
+    """A pruned copy of ``model`` by Torch-Pruning's MetaPruner at ``pruning_ratio=ratio``."""
+    import torch_pruning as tp
+
+    pruned = copy.deepcopy(model).eval()
+    ignored = [pruned.get_submodule(classifier_name(pruned))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MetaPruner(
+            pruned,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            global_pruning=global_pruning,
+            max_pruning_ratio=max_ratio,
+            ignored_layers=ignored,
+        )
+        pruner.step()
+    return pruned.eval()
+
+
+def tp_peer(model: nn.Module, example: torch.Tensor, target: Target, batch: int,
+            global_pruning: bool, args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """Bisect Torch-Pruning's ``pruning_ratio`` to the least that meets the target, measured."""
+    start = time.perf_counter()
+    max_ratio = 1.0 - args.lower_bound
+
+    def fraction(pruned: nn.Module) -> float:
+        if target.metric == "flops":
+            return count_flops(pruned, example) / count_flops(model, example)  # type: ignore[operator]
+        if target.metric == "params":
+            return count_params(pruned) / count_params(model)
+        options = {"batch_size": batch, "threads": args.threads, **args.lat_search}
+        dense = measure_latency(model, example, **options).median_ms
+        return measure_latency(pruned, example, **options).median_ms / dense
+
+    low, high = 0.0, max_ratio
+    best: tuple[float, nn.Module, float] | None = None
+    measured = 0
+    for _ in range(args.tp_iterations):
+        middle = (low + high) / 2
+        pruned = tp_prune(model, example, middle, global_pruning, max_ratio)
+        value = fraction(pruned)
+        measured += 1
+        if value <= target.fraction:
+            high, best = middle, (middle, pruned, value)
+        else:
+            low = middle
+    if best is None:  # never met: the most it may prune
+        pruned = tp_prune(model, example, max_ratio, global_pruning, max_ratio)
+        best = (max_ratio, pruned, fraction(pruned))
+    ratio, pruned, value = best
+    return {
+        "model": pruned,
+        "pruning_ratio": ratio,
+        "search_fraction": value,
+        "wall_s": time.perf_counter() - start,
+        "evals": measured,
+        "distinct": measured,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# our strategies
+# --------------------------------------------------------------------------------------------
+
+
+def agent_settings(name: str, evals: int) -> dict[str, Any]:
+    """Settings scaled to the evaluation budget (AMC warms DDPG up for a quarter of it)."""
+    if name == "ddpg":
+        return {"warmup": max(1, evals // 4)}
+    if name == "tpe":
+        return {"n_startup_trials": max(1, min(10, evals // 3))}
+    if name == "nsga2":
+        return {"population_size": max(2, min(50, evals // 3))}
+    return {}
+
+
+def plan_key(plan: PruningPlan) -> tuple[Any, ...]:
+    return tuple(sorted((name, unit.channels, unit.nm) for name, unit in plan.units.items()))
+
+
+def told(result: EvalResult) -> dict[str, float] | None:
+    """What the agent is told, as ``amc.search.run_search`` tells it (None unless ok)."""
+    if not result.ok:
+        return None
+    metrics = {
+        name: float(getattr(result, name))
+        for name in ("accuracy", "latency_ms", "flops", "params", "loss")
+        if getattr(result, name) is not None
+    }
+    return {"reward": reward_of(result, "err"), **metrics}
+
+
+def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
+                 args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """Ask/evaluate/tell ``args.evals`` plans; return the trace and the best plan in budget."""
+    start = time.perf_counter()
+    agent = get_agent(name, space, seed=seed, **agent_settings(name, args.evals))
+    cache: dict[tuple[Any, ...], EvalResult] = {}
+    trace: list[dict[str, Any]] = []
+    best: tuple[float, PruningPlan, EvalResult] | None = None
+    fallback: tuple[float, PruningPlan, EvalResult] | None = None
+    for episode in range(args.evals):
+        [proposal] = agent.ask(1)
+        key = plan_key(proposal.plan)
+        reused = key in cache
+        if not reused:
+            cache[key] = workload.evaluate(proposal.plan)
+        result = cache[key]
+        feedback = told(result)
+        agent.tell([proposal], [feedback])
+        trace.append(
+            {
+                "episode": episode,
+                "status": result.status,
+                "accuracy": result.accuracy,
+                "latency_ms": result.latency_ms,
+                "flops": result.flops,
+                "reward": feedback["reward"] if feedback else None,
+                "reused": reused,
+                "error": result.error if result.status == "failed" else None,
+            }
+        )
+        if result.accuracy is not None:
+            entry = (result.accuracy, proposal.plan, result)
+            if result.ok and (best is None or entry[0] > best[0]):
+                best = entry
+            if fallback is None or entry[0] > fallback[0]:
+                fallback = entry
+    wall = time.perf_counter() - start
+    chosen = best or fallback
+    if chosen is None:
+        errors = {row["error"] for row in trace if row["error"]}
+        raise RuntimeError(f"{name}: every evaluation failed: {sorted(errors)[:3]}")
+    return {
+        "plan": chosen[1],
+        "search_accuracy": chosen[0],
+        "search_fraction": None,
+        "in_budget": best is not None,
+        "trace": trace,
+        "wall_s": wall,
+        "evals": args.evals,
+        "distinct": len(cache),
+        "over_budget": sum(row["status"] == "over_budget" for row in trace),
+        "failed": sum(row["status"] == "failed" for row in trace),
+        "keep": {n: round(u.keep_ratio, 3) for n, u in chosen[1].units.items()},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# one (case, target, seed) job
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """What a case loads once and every job of it shares."""
+
+    case: Case
+    model: nn.Module
+    weights: str
+    data: DataSplits
+    val: Subset
+    test: Subset
+    example: torch.Tensor
+    spaces: dict[str, SearchSpace] = field(default_factory=dict)
+    table_s: dict[str, float] = field(default_factory=dict)
+    dense: dict[str, Any] = field(default_factory=dict)
+
+
+def load_task(case: Case, args: argparse.Namespace) -> Task:
+    data_spec = f"cifar10:{args.cifar10}" if case.name == "resnet56-cifar10" else case.data
+    log(f"[{case.name}] baseline {case.model} on {data_spec} ({args.baseline_epochs} epochs)")
+    model, weights = pretrained(
+        case.model, data_spec, input_shape=case.input_shape, epochs=args.baseline_epochs,
+        cache_dir=Path(args.runs) / "baselines", progress=False,
+    )  # fmt: skip
+    data = get_data(data_spec, input_shape=case.input_shape)
+    n_test = len(data.test)  # type: ignore[arg-type]
+    n_val = min(args.val, n_test // 2)
+    val = Subset(data.test, range(n_val))
+    test = Subset(data.test, range(n_val, min(n_test, n_val + args.test)))
+    example = data.test[0][0].unsqueeze(0).clone()  # type: ignore[index]
+    task = Task(case, model.eval(), str(weights), data, val, test, example)
+    metrics = evaluate(model, test, batch_size=256)
+    task.dense = {
+        "test_accuracy": metrics.accuracy,
+        "flops": int(count_flops(model, example)),  # type: ignore[arg-type]
+        "params": count_params(model),
+        "n_val": len(val),
+        "n_test": len(test),
+        "n_train": len(data.train),  # type: ignore[arg-type]
+    }
+    log(f"[{case.name}] dense test accuracy {metrics.accuracy:.4f} on {len(test)} samples")
+    return task
+
+
+def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
+              graph: Any) -> SearchSpace:  # fmt: skip
+    """The search space of a target, built once per target (its latency table shared)."""
+    key = target_key(target, batch)
+    if key not in task.spaces:
+        start = time.perf_counter()
+        example = task.example.repeat(batch, 1, 1, 1) if target.metric == "latency" else None
+        options = {
+            "threads": args.threads, "progress": False, "widths": args.table_widths,
+            **args.lat_search,
+        }  # fmt: skip
+        task.spaces[key] = SearchSpace.build(
+            task.model, example if example is not None else task.example, target,
+            device="cpu", lower_bound=args.lower_bound, graph=graph, latency_options=options,
+        )  # fmt: skip
+        task.table_s[key] = time.perf_counter() - start
+    return task.spaces[key]
+
+
+def run_job(task: Task, target: Target, batch: int, seed: int,
+            args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """Search with every strategy, then the final fine-tune, test and interleaved latency."""
+    key = target_key(target, batch)
+    name = task.case.name
+    spec = TaskSpec(
+        model=task.case.model, data=task.case.data, input_shape=task.case.input_shape,
+        finetune_steps=args.finetune_steps, finetune_lr=args.lr, batch_size=args.batch_size,
+        latency_batch_size=batch, latency_warmup=args.lat_search["warmup"],
+        latency_min_run_time=args.lat_search["min_run_time"],
+        latency_repeats=args.lat_search["repeats"], threads=args.threads, seed=seed,
+    )  # fmt: skip
+    splits = DataSplits(
+        task.data.train, task.val, task.data.num_classes, task.data.input_shape, task.data.name
+    )
+    workload = Workload(spec, task.model, splits).prepare()
+    space = space_for(task, target, batch, args, workload.graph)
+    dense_search = workload.dense_metrics()
+    outcome: dict[str, Any] = {"seed": seed, "strategies": {}, "errors": {}}
+    models: dict[str, nn.Module] = {}
+    for strategy in STRATEGIES:
+        log(f"[{name} {key} seed {seed}] {strategy}: searching")
+        try:
+            if strategy in PEERS:
+                found = tp_peer(
+                    task.model, task.example, target, batch, strategy == "tp_global", args
+                )
+                models[strategy] = found.pop("model")
+            else:
+                found = run_strategy(strategy, space, workload, seed, args)
+                plan = found.pop("plan")
+                models[strategy] = apply_plan(
+                    task.model, plan, task.example, graph=workload.graph
+                ).eval()
+        except Exception as error:  # one broken strategy must not sink the benchmark
+            outcome["errors"][strategy] = f"{type(error).__name__}: {error}"
+            log(f"  FAILED: {traceback.format_exc()}")
+            continue
+        outcome["strategies"][strategy] = found
+        log(
+            f"  {found['evals']} evals ({found['distinct']} distinct) in {found['wall_s']:.0f} s"
+            + (
+                f", best val acc {found['search_accuracy']:.4f}"
+                if found.get("search_accuracy") is not None
+                else ""
+            )
+        )
+    # the same final fine-tune and the same held-out test samples for every strategy
+    for strategy, model in models.items():
+        start = time.perf_counter()
+        finetune(
+            model, task.data, args.final_steps, lr=args.lr, batch_size=args.batch_size,
+            seed=seed,
+        )  # fmt: skip
+        metrics = evaluate(model, task.test, batch_size=256)
+        row = outcome["strategies"][strategy]
+        row["final_accuracy"] = metrics.accuracy
+        row["flops_ratio"] = count_flops(model, task.example) / task.dense["flops"]  # type: ignore[operator]
+        row["params_ratio"] = count_params(model) / task.dense["params"]
+        row["final_s"] = time.perf_counter() - start
+        log(f"[{name} {key} seed {seed}] {strategy}: final accuracy {metrics.accuracy:.4f}")
+    outcome["latency"] = interleaved_latency({"dense": task.model, **models}, task.example, args)
+    outcome["dense_search"] = {k: dense_search[k] for k in ("accuracy", "latency_ms")}
+    outcome["table_s"] = task.table_s.get(key)
+    if space.latency_table is not None:
+        outcome["table_dense_ms"] = space.latency_table.dense_ms
+    return outcome
+
+
+def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor,
+                        args: argparse.Namespace) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Median over rounds of each model's median latency, models timed A B C ... per round."""
+    runs: dict[str, dict[str, list[float]]] = {
+        str(b): {m: [] for m in models} for b in args.batches
+    }
+    for _ in range(args.rounds):
+        for batch in args.batches:
+            for name, model in models.items():
+                stats = measure_latency(
+                    model, example, batch_size=batch, threads=args.threads, **args.lat_final
+                )
+                runs[str(batch)][name].append(stats.median_ms)
+    return {
+        batch: {name: statistics.median(values) for name, values in per_model.items()}
+        for batch, per_model in runs.items()
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# summary, goals, report
+# --------------------------------------------------------------------------------------------
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(runs: list[dict[str, Any]], target: Target, batch: int) -> dict[str, Any]:
+    """Per strategy: means over seeds of every reported number."""
+    summary: dict[str, Any] = {}
+    batches = list(runs[0]["latency"]) if runs else []
+    for strategy in STRATEGIES:
+        rows = [
+            (run, run["strategies"][strategy]) for run in runs if strategy in run["strategies"]
+        ]
+        rows = [(run, row) for run, row in rows if "final_accuracy" in row]
+        if not rows:
+            continue
+        item: dict[str, Any] = {"seeds": len(rows)}
+        item["acc"] = mean_std([row["final_accuracy"] for _, row in rows])
+        for b in batches:
+            lat = [run["latency"][b][strategy] for run, _ in rows]
+            ratio = [run["latency"][b][strategy] / run["latency"][b]["dense"] for run, _ in rows]
+            item[f"lat{b}"] = mean_std(lat)
+            item[f"ratio{b}"] = mean_std(ratio)
+            item[f"ratios{b}"] = ratio
+        for key in ("flops_ratio", "params_ratio", "wall_s"):
+            item[key] = mean_std([row[key] for _, row in rows])
+        item["evals"] = rows[0][1]["evals"]
+        item["distinct"] = mean_std([row["distinct"] for _, row in rows])
+        item["per_min"] = mean_std([row["distinct"] / (row["wall_s"] / 60) for _, row in rows])
+        search = [row.get("search_accuracy") for _, row in rows]
+        item["search_acc"] = mean_std([s for s in search if s is not None])
+        item["over_budget"] = sum(row.get("over_budget", 0) for _, row in rows)
+        item["in_budget"] = all(row.get("in_budget", True) for _, row in rows)
+        summary[strategy] = item
+    if runs:
+        summary["dense"] = {
+            f"lat{b}": mean_std([run["latency"][b]["dense"] for run in runs]) for b in batches
+        }
+    return summary
+
+
+def convergence(trace: list[dict[str, Any]]) -> tuple[int | None, int]:
+    """(1-based episode where the best-so-far reward first came within 5% of the final best,
+    number of episodes). Rewards are -error, so "95% of the best" reads: within 5% of it."""
+    best = -math.inf
+    curve = []
+    for row in trace:
+        if row["reward"] is not None:
+            best = max(best, row["reward"])
+        curve.append(best)
+    final = curve[-1] if curve else -math.inf
+    if not math.isfinite(final):
+        return None, len(trace)
+    threshold = final - 0.05 * abs(final)
+    reached = next(i for i, value in enumerate(curve) if value >= threshold)
+    return reached + 1, len(trace)
+
+
+def goals(summary: dict[str, Any], runs: list[dict[str, Any]], target: Target,
+          batch: int) -> list[str]:  # fmt: skip
+    """The issue's goals, met or not, with the numbers."""
+    lines = []
+    b = str(batch)
+    if target.metric == "latency" and f"lat{b}" in summary.get("dense", {}):
+        ours = [s for s in ("ddpg", "tpe") if s in summary]
+        peers = [s for s in PEERS if s in summary]
+        if ours and peers:
+            champion = max(ours, key=lambda s: summary[s]["acc"][0])
+            acc, lat = summary[champion]["acc"][0], summary[champion][f"lat{b}"][0]
+            parts, met = [], True
+            for peer in peers:
+                margin = (acc - summary[peer]["acc"][0]) * 100
+                peer_lat = summary[peer][f"lat{b}"][0]
+                ok = margin >= 1.0 and lat <= peer_lat
+                met &= ok
+                parts.append(
+                    f"vs {LABELS[peer]} {margin:+.2f} points at {lat:.2f} vs {peer_lat:.2f} ms "
+                    f"({'met' if ok else 'missed'})"
+                )
+            lines.append(
+                f"**Beat Torch-Pruning by >= 1 point at equal or lower latency**: "
+                f"{'MET' if met else 'NOT MET'} — best of ddpg/tpe is {champion} "
+                f"({acc:.2%}): " + "; ".join(parts) + "."
+            )
+        worst: list[str] = []
+        met = True
+        for strategy in SEARCHED:
+            if strategy not in summary:
+                continue
+            ratios = summary[strategy][f"ratios{b}"]
+            over = max(r / target.fraction - 1 for r in ratios)
+            met &= over <= 0.05
+            worst.append(f"{strategy} {max(ratios):.3f} ({over:+.1%})")
+        lines.append(
+            f"**Latency-target plans hit the target within 5% when re-measured** (batch {b}, "
+            f"target ratio {target.fraction:g}; worst seed, relative to target): "
+            f"{'MET' if met else 'NOT MET'} — " + ", ".join(worst) + "."
+        )
+    parts, met, fractions = [], True, []
+    for run in runs:
+        row = run["strategies"].get("ddpg")
+        if not row:
+            continue
+        reached, total = convergence(row["trace"])
+        if reached is None:
+            met = False
+            parts.append(f"seed {run['seed']}: no successful episode")
+            continue
+        fractions.append(reached / total)
+        met &= reached <= 0.6 * total
+        parts.append(f"seed {run['seed']}: episode {reached}/{total} ({reached / total:.0%})")
+    if parts:
+        lines.append(
+            "**ddpg reaches 95% of its final best reward within its first 60% of episodes** "
+            f"(best-so-far reward -error within 5% of the final best): "
+            f"{'MET' if met else 'NOT MET'} — " + "; ".join(parts) + "."
+        )
+    return lines
+
+
+def fmt(pair: tuple[float, float], spec: str, scale: float = 1.0) -> str:
+    mean, std = pair
+    if math.isnan(mean):
+        return "-"
+    return f"{mean * scale:{spec}} ± {std * scale:{spec}}"
+
+
+def table(summary: dict[str, Any], batches: Sequence[int]) -> list[str]:
+    head = ["strategy", "final acc % (mean ± std)", "search val acc %"]
+    for b in batches:
+        head += [f"latency b{b} ms", f"ratio b{b}"]
+    head += ["FLOPs ratio", "params ratio", "search wall s", "evals (distinct)", "evals/min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    dense = summary.get("dense", {})
+    row = ["dense", "-", "-"]
+    for b in batches:
+        row += [fmt(dense.get(f"lat{b}", (math.nan, 0)), ".2f"), "1.000"]
+    row += ["1.000", "1.000", "-", "-", "-"]
+    lines.append("| " + " | ".join(row) + " |")
+    for strategy in STRATEGIES:
+        if strategy not in summary:
+            continue
+        item = summary[strategy]
+        search = fmt(item["search_acc"], ".2f", 100) if strategy in SEARCHED else "-"
+        if strategy in SEARCHED and not item["in_budget"]:
+            search += " (none in budget)"
+        row = [LABELS[strategy], fmt(item["acc"], ".2f", 100), search]
+        for b in batches:
+            row += [fmt(item[f"lat{b}"], ".2f"), fmt(item[f"ratio{b}"], ".3f")]
+        row += [fmt(item["flops_ratio"], ".3f"), fmt(item["params_ratio"], ".3f")]
+        row += [fmt(item["wall_s"], ".0f")]
+        distinct = item["distinct"][0]
+        if strategy in PEERS:  # no search: the bisection's pruned and measured candidates
+            row += [f"{item['evals']} (bisection)", "-"]
+        else:
+            row += [f"{item['evals']} ({distinct:.0f})", fmt(item["per_min"], ".1f")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def plot(path: Path, title: str, runs: list[dict[str, Any]], batches: Sequence[int],
+         target: Target, target_batch: int) -> None:  # fmt: skip
+    """Final accuracy vs measured latency per strategy (seeds and their mean), dense point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.2 * len(batches), 4.6), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for axis, batch in zip(axes[0], batches, strict=True):
+        b = str(batch)
+        for index, strategy in enumerate(STRATEGIES):
+            points = [
+                (run["latency"][b][strategy], run["strategies"][strategy]["final_accuracy"] * 100)
+                for run in runs
+                if "final_accuracy" in run["strategies"].get(strategy, {})
+            ]
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            color = colors(index)
+            marker = "s" if strategy in PEERS else "o"
+            axis.scatter(xs, ys, color=color, alpha=0.35, marker=marker, s=22)
+            axis.errorbar(
+                statistics.fmean(xs), statistics.fmean(ys),
+                xerr=statistics.stdev(xs) if len(xs) > 1 else 0,
+                yerr=statistics.stdev(ys) if len(ys) > 1 else 0,
+                color=color, marker=marker, markersize=8, capsize=3, label=LABELS[strategy],
+            )  # fmt: skip
+        dense_lat = statistics.fmean(run["latency"][b]["dense"] for run in runs)
+        dense_acc = runs[0]["dense_test_accuracy"] * 100
+        axis.scatter([dense_lat], [dense_acc], color="black", marker="*", s=160, label="dense")
+        if target.metric == "latency" and batch == target_batch:
+            axis.axvline(
+                target.fraction * dense_lat, color="gray", linestyle="--", label=f"target {target}"
+            )
+        axis.set_xlabel(f"measured CPU latency, batch {batch} (ms, interleaved run)")
+        axis.set_ylabel("test accuracy after final fine-tune (%)")
+        axis.set_title(f"batch {batch}")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_search(path: Path, title: str, runs: list[dict[str, Any]]) -> None:
+    """Best-so-far validation accuracy (plans within the target) per evaluation, per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(7, 4.6))
+    colors = plt.get_cmap("tab10")
+    for index, strategy in enumerate(STRATEGIES):
+        if strategy in PEERS:
+            continue
+        curves = []
+        for run in runs:
+            row = run["strategies"].get(strategy)
+            if not row:
+                continue
+            best, curve = math.nan, []
+            for item in row["trace"]:
+                if item["status"] == "ok" and item["accuracy"] is not None:
+                    best = (
+                        item["accuracy"] * 100
+                        if math.isnan(best)
+                        else max(best, item["accuracy"] * 100)
+                    )
+                curve.append(best)
+            curves.append(curve)
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+        axis.plot(range(1, length + 1), mean, color=colors(index + 2), label=strategy)
+    axis.set_xlabel("evaluation")
+    axis.set_ylabel("best validation accuracy so far (%, mean over seeds)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version()}
+    for module in ("torch", "torch_pruning", "optuna", "stable_baselines3", "numpy", "fvcore"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is just not listed
+            pass
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+        versions["amc"] = f"{commit}{' (uncommitted changes)' if dirty else ''}"
+    except OSError:
+        pass
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "os": platform.platform(),
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+    }
+
+
+def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = state["machine"]
+    lines = [
+        f"# Benchmark: search vs Torch-Pruning — {state['started'][:10]} on {info['host']}",
+        "",
+        f"Command: `{state['command']}`  ",
+        f"Started {state['started']}, "
+        + (
+            f"finished {state['finished']}"
+            if state.get("finished")
+            else "**still running / interrupted** (results so far)"
+        )
+        + f"; load average at start {state['load_start']}, at last update "
+        f"{os.getloadavg()[0]:.2f}.",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}, no GPU used; torch threads "
+        f"{args.threads}.  ",
+        f"Versions: {info['versions']}.",
+        "",
+        "## Protocol",
+        "",
+        f"- Seeds {list(range(args.seeds))}; every searched strategy asks for "
+        f"**{args.evals} plans**, "
+        f"each evaluated in-process by `Workload.evaluate`: apply, **{args.finetune_steps} "
+        f"fine-tune steps** (SGD lr {args.lr}, batch {args.batch_size}), accuracy on "
+        "the validation samples, latency (1 thread). A plan repeated within one search reuses "
+        "its result (so `uniform` evaluates one plan); evals/min count distinct evaluations.",
+        "- Peers: Torch-Pruning `MetaPruner(GroupMagnitudeImportance(p=1), ignored_layers="
+        f"[classifier], max_pruning_ratio={1 - args.lower_bound:g})`, uniform "
+        "(`global_pruning=False`) and global (`global_pruning=True`); `pruning_ratio` bisected "
+        f"({args.tp_iterations} steps) on measured FLOPs or measured latency. Their search wall "
+        "time is that bisection.",
+        f"- Our search space: AMC lower bound {args.lower_bound:g}; latency targets use a "
+        "per-unit latency table measured once per target on this CPU (time in the case header).",
+        "- Best plan per strategy: highest validation accuracy among its plans measured within "
+        "the target (search-time tolerance 5%); for nsga2 the best-accuracy plan of the search "
+        "within the target.",
+        f"- Final: **{args.final_steps} fine-tune steps** from the pruned (not the searched) "
+        "weights, same lr, batch and seed for every strategy; test accuracy on held-out samples "
+        "the search never saw.",
+        f"- Latency: dense and every final model timed in one interleaved run, {args.rounds} "
+        f"round(s) x batch sizes {args.batches}, median of the per-round medians "
+        f"(`measure_latency`, 1 thread, min run time {args.lat_final['min_run_time']} s, "
+        f"{args.lat_final['repeats']} blocks).",
+        "- Std is over seeds (sample std); for deterministic plans (peers, uniform) it is the "
+        "spread from the seed of the final fine-tune alone.",
+        "",
+    ]
+    for case_name, case_state in state["cases"].items():
+        lines.append(f"## {case_name}")
+        lines.append("")
+        if case_state.get("skipped"):
+            lines += [f"Skipped: {case_state['skipped']}", ""]
+            continue
+        dense = case_state.get("dense", {})
+        lines.append(
+            f"Model {case_state['model']} on {case_state['data']} {case_state['input_shape']}; "
+            f"baseline `{Path(case_state.get('weights', '')).name}`; dense test accuracy "
+            f"{dense.get('test_accuracy', math.nan):.2%}; train {dense.get('n_train')} / "
+            f"validation {dense.get('n_val')} / test {dense.get('n_test')} samples."
+        )
+        lines.append("")
+        for key, target_state in case_state["targets"].items():
+            runs = target_state["runs"]
+            target, batch = parse_target(key, args.search_latency_batch)
+            where = f" at batch {batch}" if target.metric == "latency" else ""
+            lines.append(f"### {case_name}, target {target}{where} — {len(runs)} seed(s)")
+            lines.append("")
+            if not runs:
+                lines += ["(no finished seed)", ""]
+                continue
+            if target.metric == "latency" and runs[0].get("table_s") is not None:
+                lines.append(
+                    f"Latency table measured in {runs[0]['table_s']:.0f} s (dense "
+                    f"{runs[0].get('table_dense_ms', math.nan):.2f} ms at batch {batch})."
+                )
+                lines.append("")
+            summary = summarise(runs, target, batch)
+            lines += table(summary, args.batches)
+            lines.append("")
+            errors = {(run["seed"], s): e for run in runs for s, e in run["errors"].items()}
+            for (seed, strategy), error in errors.items():
+                lines.append(f"- seed {seed}, {strategy} failed: `{error}`")
+            over = {s: summary[s]["over_budget"] for s in SEARCHED if s in summary}
+            if any(over.values()):
+                lines.append(
+                    "- plans measured over the target during search (told as failures, like "
+                    "`amc search`): " + ", ".join(f"{s} {n}" for s, n in over.items() if n)
+                )
+            peers = [
+                f"{LABELS[s]} pruning_ratio "
+                + ", ".join(f"{run['strategies'][s]['pruning_ratio']:.3f}" for run in runs
+                            if s in run["strategies"])
+                for s in PEERS
+            ]  # fmt: skip
+            lines.append("- Torch-Pruning ratios found by bisection: " + "; ".join(peers))
+            lines.append("")
+            lines += [f"- {line}" for line in goals(summary, runs, target, batch)]
+            lines.append("")
+            for suffix in ("", "-search"):
+                name = f"{stem}-{case_name}-{slug(key)}{suffix}.png"
+                if (out / name).exists():
+                    lines.append(f"![{case_name} {key}{suffix}]({name})")
+            lines.append("")
+    if state.get("not_run"):
+        lines += ["## Not run", ""] + [f"- {item}" for item in state["not_run"]] + [""]
+    lines += [
+        "## Scope: what the issue asks vs what this run covered",
+        "",
+        "| case | issue's targets | run |",
+        "|---|---|---|",
+    ]
+    for case_name, wanted in ISSUE_CASES.items():
+        case_state = state["cases"].get(case_name)
+        if case_state is None:
+            ran = "not selected"
+        elif case_state.get("skipped"):
+            ran = "skipped (see above)"
+        else:
+            ran = ", ".join(
+                f"{key} ({len(t['runs'])} seed(s))" for key, t in case_state["targets"].items()
+            )
+        lines.append(f"| {case_name} | {wanted} | {ran} |")
+    lines.append("")
+    path = out / f"{stem}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def slug(text: str) -> str:
+    return text.replace("=", "").replace("@", "-b").replace(".", "p")
+
+
+def log(message: str) -> None:
+    stamp = datetime.now(UTC).strftime("%H:%M:%S")
+    print(f"{stamp} {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = datetime.now(UTC)
+    info = machine()
+    stem = args.tag or f"{started.strftime('%Y-%m-%d')}-{info['host']}"
+    raw_path = Path(args.runs) / "benchmark" / f"{stem}.json"
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python experiments/benchmark.py " + " ".join(
+        sys.argv[1:] if argv is None else list(argv)
+    )
+    state: dict[str, Any] = {
+        "command": command.strip(),
+        "started": started.isoformat(timespec="seconds"),
+        "machine": info,
+        "load_start": f"{os.getloadavg()[0]:.2f}",
+        "cases": {},
+        "not_run": [],
+    }
+    deadline = time.monotonic() + args.time_budget * 60 if args.time_budget else None
+
+    def save() -> Path:
+        raw_path.write_text(json.dumps(state, indent=1, default=str))
+        return write_report(state, args, stem)
+
+    tasks: dict[str, Task] = {}
+    durations: dict[str, float] = {}
+    for case_name in args.case_names:
+        case = CASES[case_name]
+        if case.needs and not getattr(args, case.needs):
+            log(f"[{case_name}] skipped: {CIFAR_HELP}")
+            state["cases"][case_name] = {"skipped": CIFAR_HELP}
+            continue
+        state["cases"][case_name] = {
+            "model": case.model, "data": case.data, "input_shape": list(case.input_shape),
+            "targets": {},
+        }  # fmt: skip
+    save()
+    for seed in range(args.seeds):
+        for case_name in args.case_names:
+            case_state = state["cases"][case_name]
+            if case_state.get("skipped"):
+                continue
+            for text in args.target_list or CASES[case_name].targets:
+                target, batch = parse_target(text, args.search_latency_batch)
+                key = target_key(target, batch)
+                job = f"{case_name} {key} seed {seed}"
+                expected = durations.get(f"{case_name} {key}", 0.0)
+                if deadline is not None and time.monotonic() + expected > deadline:
+                    log(f"[{job}] not started: the time budget would be exceeded")
+                    state["not_run"].append(f"{job}: time budget ({args.time_budget:g} min)")
+                    continue
+                if case_name not in tasks:
+                    tasks[case_name] = load_task(CASES[case_name], args)
+                    case_state["weights"] = tasks[case_name].weights
+                    case_state["dense"] = tasks[case_name].dense
+                start = time.monotonic()
+                outcome = run_job(tasks[case_name], target, batch, seed, args)
+                outcome["dense_test_accuracy"] = tasks[case_name].dense["test_accuracy"]
+                outcome["job_s"] = time.monotonic() - start
+                durations[f"{case_name} {key}"] = outcome["job_s"] - (outcome["table_s"] or 0)
+                runs = case_state["targets"].setdefault(key, {"runs": []})["runs"]
+                runs.append(outcome)
+                title = f"{case_name}, target {key}"
+                name = f"{stem}-{case_name}-{slug(key)}"
+                plot(out / f"{name}.png", f"{title}: accuracy vs measured latency", runs,
+                     args.batches, target, batch)  # fmt: skip
+                plot_search(out / f"{name}-search.png", f"{title}: search progress", runs)
+                log(f"[{job}] done in {outcome['job_s']:.0f} s; report {save()}")
+    state["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    path = save()
+    log(f"report: {path}")
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

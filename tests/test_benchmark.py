@@ -1,0 +1,69 @@
+"""experiments/benchmark.py at a tiny budget: resnet20 on synthetic data (1x16x16), one latency
+target, 3 evaluations per strategy, 1 seed, 2 fine-tune steps; the CIFAR-10 case skipped with
+its hint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import benchmark
+
+
+def test_parse_target_reads_the_latency_batch() -> None:
+    target, batch = benchmark.parse_target("latency=0.4@32", 1)
+    assert (target.metric, target.fraction, batch) == ("latency", 0.4, 32)
+    target, batch = benchmark.parse_target("flops=0.3", 1)
+    assert (str(target), batch) == ("flops=0.3", 1)
+    with pytest.raises(SystemExit):
+        benchmark.parse_target("flops=0.3@32", 1)
+
+
+def test_convergence_finds_the_first_episode_within_5_percent_of_the_best() -> None:
+    rewards = [-0.5, None, -0.2, -0.104, -0.1, -0.1]
+    trace = [{"reward": r} for r in rewards]
+    assert benchmark.convergence(trace) == (4, 6)  # -0.104 is within 5% of -0.1
+    assert benchmark.convergence([{"reward": None}]) == (None, 1)
+
+
+def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
+    start = time.process_time()
+    args = ["--quick", "--cases", "resnet20-synthetic,resnet56-cifar10", "--targets",
+            "latency=0.6@1", "--out", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"),
+            "--tag", "quick"]  # fmt: skip
+    assert benchmark.main(args) == 0
+    elapsed = time.process_time() - start  # CPU seconds: wall time depends on the machine's load
+
+    report = (tmp_path / "results" / "quick.md").read_text()
+    for label in ("TP uniform", "TP global", "random", "uniform", "tpe", "nsga2", "ddpg"):
+        assert f"| {label} |" in report
+    assert "final acc % (mean ± std)" in report and "evals/min" in report
+    assert "| dense |" in report and "Versions:" in report and "torch_pruning" in report
+    assert "Latency-target plans hit the target within 5%" in report
+    assert "Beat Torch-Pruning by >= 1 point" in report
+    assert "ddpg reaches 95% of its final best reward" in report
+    assert "--cifar10" in report  # the skipped case says how to supply the folder
+
+    pngs = sorted((tmp_path / "results").glob("quick-*.png"))
+    assert len(pngs) == 2  # accuracy vs latency, and the search progress
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    raw = json.loads((tmp_path / "runs" / "benchmark" / "quick.json").read_text())
+    [run] = raw["cases"]["resnet20-synthetic"]["targets"]["latency=0.6@1"]["runs"]
+    assert set(run["strategies"]) == set(benchmark.STRATEGIES), run["errors"]
+    for name in benchmark.SEARCHED:
+        row = run["strategies"][name]
+        assert row["evals"] == 3 and len(row["trace"]) == 3  # the same budget for everyone
+        assert 0.0 <= row["final_accuracy"] <= 1.0
+    assert run["strategies"]["uniform"]["distinct"] == 1  # one plan, evaluated once
+    for batch in ("1", "2"):
+        assert set(run["latency"][batch]) == {"dense", *benchmark.STRATEGIES}
+        assert all(math.isfinite(v) and v > 0 for v in run["latency"][batch].values())
+    assert raw["cases"]["resnet56-cifar10"]["skipped"].startswith("resnet56 on CIFAR-10")
+    assert elapsed < 60, f"the quick run took {elapsed:.0f} CPU s"
