@@ -286,7 +286,17 @@ class LatencyTable:
                 jobs.extend((unit.name, c / unit.channels) for c in counts if c < unit.channels)
             if nm is not None and unit.nm_eligible:
                 jobs.append((unit.name, None))
-        bar = _progress(len(jobs) + 2, progress, f"latency table on {device}")
+        # Every unit cut together at each width: points far from dense that anchor the fitted
+        # line where searches end up (single-unit cuts alone all sit near 100% FLOPs).
+        anchor_plans = {
+            width: {
+                u.name: UnitPlan(width, channels_for(width, u.channels, round_to))
+                for u in chosen
+                if u.channel_prunable
+            }
+            for width in fractions
+        }
+        bar = _progress(len(jobs) + len(anchor_plans) + 2, progress, f"latency table on {device}")
         try:
             dense_ms = time(None)
             bar.update(1)
@@ -305,6 +315,13 @@ class LatencyTable:
                     measured[name][width] = time({name: UnitPlan(width, kept)})
                 bar.update(1)
             # timed again at the end: the lower of the two is less disturbed by other load
+            anchors = []
+            for plan_units in anchor_plans.values():
+                if plan_units:
+                    channels = {name: unit.channels for name, unit in plan_units.items()}
+                    share = graph.predict(channels).flops / graph.dense_flops  # type: ignore[arg-type]
+                    anchors.append((share, time(plan_units)))
+                bar.update(1)
             dense_ms = min(dense_ms, time(None))
             bar.update(1)
         finally:
@@ -328,14 +345,20 @@ class LatencyTable:
         meta |= {"repeats": repeats, "threads": threads, "batch_size": _batch_size(example_inputs)}
         meta |= {"round_to": round_to, "nm": f"{nm[0]}:{nm[1]}" if nm else None}
         return cls(
-            dense_ms=dense_ms, units=curves, device=str(device), meta=meta, fit=_fit(curves)
+            dense_ms=dense_ms,
+            units=curves,
+            device=str(device),
+            meta=meta | {"anchors": [list(a) for a in anchors]},
+            fit=_fit(curves, anchors),
         )
 
 
-def _fit(curves: Mapping[str, UnitLatency]) -> tuple[float, float] | None:
+def _fit(
+    curves: Mapping[str, UnitLatency], anchors: Sequence[tuple[float, float]] = ()
+) -> tuple[float, float] | None:
     """Least-squares line latency = fixed + slope * FLOPs fraction over every measured point."""
-    xs = [f for c in curves.values() for f in c.flops]
-    ys = [m for c in curves.values() for m in c.ms[: len(c.flops)]]
+    xs = [f for c in curves.values() for f in c.flops] + [f for f, _ in anchors]
+    ys = [m for c in curves.values() for m in c.ms[: len(c.flops)]] + [m for _, m in anchors]
     if len(set(xs)) < 2:
         return None
     slope, fixed = np.polyfit(xs, ys, 1)
