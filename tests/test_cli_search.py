@@ -47,7 +47,7 @@ def start_search(tmp_path: Path, config_file: Path, study: str, *extra: str) -> 
     return process, storage
 
 
-def wait_until(condition: Callable[[], bool], process: Any, timeout: float = 60) -> None:
+def wait_until(condition: Callable[[], bool], process: Any, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:

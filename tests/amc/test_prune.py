@@ -182,7 +182,9 @@ def test_nm_stays_a_mask_off_cuda_and_says_so() -> None:
 
     model, x = LeNet().eval(), torch.randn(2, 1, 16, 16)
     pruned = apply_plan(model, PruningPlan(units={"fc1": UnitPlan(1.0, nm=(2, 4))}), x)
-    with pytest.raises(SparseKernelUnavailable, match="2:4 sparse kernels need the model on a CUDA"):
+    with pytest.raises(
+        SparseKernelUnavailable, match="2:4 sparse kernels need the model on a CUDA"
+    ):
         accelerate_nm(pruned)
     assert masked_layers(pruned) == {"fc1": ["2:4"]}
 
