@@ -43,6 +43,17 @@ class FinetuneConfig(_Strict):
     eval_batches: int | None = Field(8, ge=1, description="held-out batches, null = all")
 
 
+class LatencyConfig(_Strict):
+    """How latency is timed: per evaluation, and for the per-unit latency table."""
+
+    warmup: int = Field(5, ge=0)
+    min_run_time: float = Field(0.5, gt=0, description="seconds of timed runs per measurement")
+    repeats: int = Field(20, ge=1, description="timed runs at least")
+    table_widths: tuple[float, ...] = (0.25, 0.5, 0.75)
+    table_min_run_time: float = Field(0.2, gt=0)
+    table_repeats: int = Field(10, ge=1)
+
+
 class AgentConfig(_Strict):
     """The search strategy and its settings (see `agents.list_agents()`)."""
 
@@ -73,6 +84,7 @@ class ExperimentConfig(_Strict):
     target: str = "flops=0.5"
     device: str = "cpu"
     latency_batch_size: int = Field(1, ge=1)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
     budget_tolerance: float = Field(
         0.1, ge=0, description="a measured plan may exceed the target by this fraction"
     )

@@ -104,6 +104,9 @@ def prepare(
         bn_batches=config.finetune.bn_batches,
         eval_batches=config.finetune.eval_batches,
         latency_batch_size=config.latency_batch_size,
+        latency_warmup=config.latency.warmup,
+        latency_min_run_time=config.latency.min_run_time,
+        latency_repeats=config.latency.repeats,
         threads=config.threads or _threads_per_worker(config),
         budget_tolerance=config.budget_tolerance,
         seed=config.seed,
@@ -124,7 +127,14 @@ def prepare(
         graph=workload.graph,
         latency_table=LatencyTable.from_json(latency_table) if latency_table else None,
         # timed like the workers time their plans: same batch, same threads
-        latency_options={"threads": spec.threads, "progress": progress},
+        latency_options={
+            "threads": spec.threads,
+            "progress": progress,
+            "widths": config.latency.table_widths,
+            "min_run_time": config.latency.table_min_run_time,
+            "repeats": config.latency.table_repeats,
+            "warmup": config.latency.warmup,
+        },
     )
     return Experiment(config, spec, workload, space, config.study_name())
 
@@ -221,11 +231,32 @@ def search(
             reward=experiment.config.reward,
             max_time=experiment.config.max_time,
             progress=progress,
+            on_result=_latency_calibration(experiment, record),
         )
         # The reference row, after the search so that it does not delay the first trial.
         if "uniform" not in record.attrs:
             record.set_attr("uniform", _evaluate_uniform(experiment, evaluator))
     return record, outcome
+
+
+def _latency_calibration(experiment: Experiment, record: SearchRecord) -> Any:
+    """For latency targets: feed each measured plan back into the space's latency estimate."""
+    space = experiment.space
+    dense_ms = experiment.workload.dense_metrics().get("latency_ms")
+    if space.target.metric != "latency" or not dense_ms:
+        return None
+
+    stored = record.attrs.get("latency_scale")
+    if stored and space.latency_table is not None:  # resume: carry on from the last scale
+        space._latency_ratios.append(float(stored))
+        space.latency_table = replace(space.latency_table, scale=float(stored))
+
+    def calibrate(proposal: Any, result: EvalResult) -> None:
+        if result.latency_ms is not None and result.status in ("ok", "over_budget"):
+            scale = space.calibrate_latency(proposal.plan, result.latency_ms / dense_ms)
+            record.set_attr("latency_scale", scale)
+
+    return calibrate
 
 
 def _continue_episodes(agent: Any, record: SearchRecord) -> None:

@@ -69,6 +69,8 @@ class LatencyTable:
     #: latency ~ fixed_ms + ms_per_flops * (FLOPs fraction), fitted by least squares on every
     #: measured point; None when the curves carry no FLOPs (then savings are simply added)
     fit: tuple[float, float] | None = None
+    #: measured / estimated latency of the plans evaluated so far (online calibration)
+    scale: float = 1.0
 
     def saving(self, name: str, keep_ratio: float, nm: bool = False) -> float:
         """Milliseconds saved by cutting unit ``name`` to ``keep_ratio`` (and N:M if ``nm``)."""
@@ -90,8 +92,7 @@ class LatencyTable:
         """Estimated latency (ms) of a plan.
 
         With a fit and the plan's FLOPs fraction: the fitted line ``fixed + slope * FLOPs``
-        plus, per cut unit, how far its own measurements sat from that line (so a unit that is
-        slower or faster per FLOP than the average keeps its measured character). Cutting two
+        through the measured dense latency, times the online calibration ``scale``. Cutting two
         coupled units shrinks a layer by the product of their ratios, which the FLOPs term
         captures and a plain sum of per-unit savings (the fallback) over-counts.
 
@@ -110,17 +111,16 @@ class LatencyTable:
             return max(0.0, self.dense_ms - saved)
         fixed, slope = self.fit
         total = fixed + slope * flops_fraction
-        dense_residual = self.dense_ms - (fixed + slope)
         for name in names:
             curve = self.units.get(name)
-            if curve is None or not curve.flops:
-                continue
-            ratio = keep.get(name, 1.0)
-            line = fixed + slope * float(np.interp(ratio, curve.widths, curve.flops))
-            total += curve.at(ratio) - line - dense_residual
-            if nm_choices.get(name) and curve.nm_ms is not None:
-                total -= (self.dense_ms - curve.nm_ms) * ratio
-        return max(total + dense_residual, 0.05 * self.dense_ms)
+            if nm_choices.get(name) and curve is not None and curve.nm_ms is not None:
+                total -= (self.dense_ms - curve.nm_ms) * keep.get(name, 1.0)
+        # Single-unit timings are kept in the table (and shape the fitted line) but do not enter
+        # the estimate one by one: on a shared machine each is a single noisy median, and summed
+        # over dozens of units their errors swamp the signal. The anchors (every unit cut
+        # together) fix the line where searches end up; the online scale corrects the rest.
+        total *= self.dense_ms / (fixed + slope)  # the line through the measured dense latency
+        return self.scale * max(total, 0.05 * self.dense_ms)
 
     def max_saving_share(self, name: str) -> float:
         """The unit's largest measured saving as a fraction of the dense latency, in [0, 1]."""
@@ -146,6 +146,7 @@ class LatencyTable:
                 for name, c in self.units.items()
             },
             "fit": list(self.fit) if self.fit else None,
+            "scale": self.scale,
         }
 
     @classmethod
@@ -173,6 +174,7 @@ class LatencyTable:
                 device=str(data.get("device", "cpu")),
                 meta=dict(data.get("meta") or {}),
                 fit=tuple(float(v) for v in data["fit"]) if data.get("fit") else None,  # type: ignore[arg-type]
+                scale=float(data.get("scale", 1.0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise PlanFormatError(

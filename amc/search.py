@@ -96,7 +96,7 @@ def run_search(
     reward: str = "err",
     max_time: float | None = None,
     progress: bool = True,
-    on_result: Callable[[int, EvalResult], None] | None = None,
+    on_result: Callable[[Any, EvalResult], None] | None = None,
     max_failures: int | None = None,
 ) -> SearchOutcome:
     """Run until the study holds ``episodes`` completed trials (or ``max_time`` seconds pass).
@@ -109,7 +109,8 @@ def run_search(
         reward: the reward form for single-objective agents (err, flops, latency, accuracy).
         max_time: wall-time budget in seconds.
         progress: show a live bar with episodes, best-so-far, evals/min and ETA.
-        on_result: called with each (trial number, result) as it is recorded.
+        on_result: called with each (proposal, result) as it is recorded, before the agent
+            is told (e.g. to calibrate the latency estimate the agent's next plans use).
         max_failures: stop with :class:`SearchFailed` after this many failed evaluations
             (default: ``max(10, episodes)``).
 
@@ -168,10 +169,10 @@ def run_search(
                         over_budget += 1
                     else:
                         failed += 1
+                    if on_result is not None:
+                        on_result(proposal, result)
                     agent.tell([proposal], [told])
                     checkpoint.changed()
-                    if on_result is not None:
-                        on_result(number, result)
                     minutes = max(time.monotonic() - started, 1e-9) / 60
                     bar.update(
                         task,

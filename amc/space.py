@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -128,6 +128,7 @@ class SearchSpace:
     _dense_channels: dict[str, int] = field(init=False, repr=False)
     _nm_offered: set[str] = field(init=False, repr=False)
     _layers_by_name: dict[str, LayerCost] = field(init=False, repr=False)
+    _latency_ratios: list[float] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.target = Target.parse(self.target)
@@ -291,6 +292,26 @@ class SearchSpace:
         if self.latency_table is not None:
             result["latency_ms"] = self._latency(channels, self._nm_used(nm_choices or {}))
         return result
+
+    def calibrate_latency(self, plan: PruningPlan, measured_fraction: float) -> float:
+        """Scale the latency estimate by the median measured/estimated ratio of plans so far.
+
+        The table is timed once, one unit at a time; plans that cut many units together can run
+        slower (or faster) than it predicts on a given device. Each measured plan is evidence:
+        with the estimate scaled by the running median of measured/estimated, later clips and
+        repairs aim at what the device really does. Returns the scale now in force.
+        """
+        if self.latency_table is None or not math.isfinite(measured_fraction):
+            return 1.0
+        keep = {name: unit.keep_ratio for name, unit in plan.units.items()}
+        nm_choices = {name: unit.nm is not None for name, unit in plan.units.items()}
+        table = self.latency_table
+        estimated = self.cost_fraction(keep, nm_choices) / table.scale
+        if estimated > 0:
+            self._latency_ratios.append(measured_fraction / estimated)
+        scale = float(np.median(self._latency_ratios)) if self._latency_ratios else 1.0
+        self.latency_table = replace(table, scale=max(scale, 0.5))
+        return self.latency_table.scale
 
     def smallest_fraction(self) -> float:
         """The resource fraction with every unit at ``lower_bound`` (the least reachable)."""

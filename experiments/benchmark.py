@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -60,7 +61,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,9 @@ from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
 from agents import get_agent  # noqa: E402
+from amc.errors import InfeasibleBudgetError  # noqa: E402
 from amc.evaluate import EvalResult, TaskSpec, Workload  # noqa: E402
+from amc.latency_table import LatencyTable  # noqa: E402
 from amc.measure import count_flops, count_params, measure_latency  # noqa: E402
 from amc.plan import PruningPlan  # noqa: E402
 from amc.prune import apply_plan  # noqa: E402
@@ -136,7 +139,7 @@ CASES = {
     ),
     # --quick: CI scale
     "resnet20-synthetic": Case(
-        "resnet20-synthetic", "resnet20", "synthetic", (1, 16, 16), ("flops=0.5", "latency=0.6@1")
+        "resnet20-synthetic", "resnet20", "synthetic", (1, 16, 16), ("flops=0.5", "latency=0.8@1")
     ),
 }
 
@@ -169,10 +172,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--search-latency-batch", type=int, default=1, help="latency batch for FLOPs targets")
     add("--rounds", type=int, default=None, help="rounds of the interleaved latency run")
     add("--threads", type=int, default=1, help="torch threads for everything")
+    add(
+        "--latency-model",
+        choices=("auto", "table", "line"),
+        default="auto",
+        help="latency estimate of the search space (auto: table, its line if infeasible)",
+    )
     add("--time-budget", type=float, default=None, help="minutes; no new job starts after")
     add("--out", default=str(ROOT / "experiments" / "results"), help="results folder")
     add("--runs", default=str(ROOT / "runs"), help="cache folder (baselines, raw JSON)")
     add("--tag", default=None, help="file stem (default <date>-<host>)")
+    add(
+        "--resume",
+        action="store_true",
+        help="keep the finished (case, target, seed) jobs of RUNS/benchmark/<stem>.json",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     defaults: dict[str, Any] = {
@@ -414,6 +428,7 @@ class Task:
     example: torch.Tensor
     spaces: dict[str, SearchSpace] = field(default_factory=dict)
     table_s: dict[str, float] = field(default_factory=dict)
+    latency_model: dict[str, str] = field(default_factory=dict)
     dense: dict[str, Any] = field(default_factory=dict)
 
 
@@ -444,23 +459,66 @@ def load_task(case: Case, args: argparse.Namespace) -> Task:
     return task
 
 
+def linear_table(table: LatencyTable) -> LatencyTable:
+    """The table's own fitted line (latency vs FLOPs fraction, anchored at the measured dense
+    latency), without the per-unit residuals: every curve put on the line."""
+    if table.fit is None:
+        raise ValueError("the measured latency table has no fitted line")
+    fixed, slope = table.fit
+    offset = table.dense_ms - (fixed + slope)
+    units = {
+        name: replace(curve, ms=tuple(fixed + slope * f + offset for f in curve.flops))
+        for name, curve in table.units.items()
+    }
+    return replace(table, units=units, meta={**table.meta, "linearised": True})
+
+
 def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
               graph: Any) -> SearchSpace:  # fmt: skip
-    """The search space of a target, built once per target (its latency table shared)."""
+    """The search space of a target, built once per target (its latency table shared).
+
+    A latency target measures a per-unit table on this CPU at the target's batch size. With
+    ``--latency-model auto`` a table whose estimate makes the target unreachable (even every
+    unit at the lower bound is predicted over it, although measured uniform plans are far
+    under) is replaced by its own fitted line (:func:`linear_table`); the report says so.
+    """
     key = target_key(target, batch)
-    if key not in task.spaces:
-        start = time.perf_counter()
-        example = task.example.repeat(batch, 1, 1, 1) if target.metric == "latency" else None
-        options = {
-            "threads": args.threads, "progress": False, "widths": args.table_widths,
-            **args.lat_search,
-        }  # fmt: skip
-        task.spaces[key] = SearchSpace.build(
-            task.model, example if example is not None else task.example, target,
-            device="cpu", lower_bound=args.lower_bound, graph=graph, latency_options=options,
-        )  # fmt: skip
-        task.table_s[key] = time.perf_counter() - start
-    return task.spaces[key]
+    if key in task.spaces:
+        return task.spaces[key]
+    start = time.perf_counter()
+    build = functools.partial(
+        SearchSpace.build, task.model, task.example, target, device="cpu",
+        lower_bound=args.lower_bound, graph=graph,
+    )  # fmt: skip
+    if target.metric != "latency":
+        task.spaces[key] = build()
+        task.table_s[key] = 0.0
+        return task.spaces[key]
+    example = task.example.repeat(batch, 1, 1, 1)
+    table = LatencyTable.measure(
+        task.model, example, graph, "cpu", widths=args.table_widths, threads=args.threads,
+        progress=False, **args.lat_search,
+    )  # fmt: skip
+    build = functools.partial(build, latency_table=table)
+    task.latency_model[key] = "measured per-unit table (amc.latency_table)"
+    if args.latency_model == "line":
+        build = functools.partial(build, latency_table=linear_table(table))
+        task.latency_model[key] = "the measured table's fitted line (--latency-model line)"
+    try:
+        space = build()
+    except InfeasibleBudgetError as error:
+        if args.latency_model != "auto":
+            raise
+        log(f"  latency table: {error} -> using the table's fitted line")
+        space = build(latency_table=linear_table(table))
+        task.latency_model[key] = (
+            "the measured table's fitted line (auto fallback: with its per-unit residuals the "
+            f"table predicted the target unreachable: {error})"
+        )
+    space.example_inputs = example  # plans are timed at the target's batch size
+    task.spaces[key] = space
+    task.table_s[key] = time.perf_counter() - start
+    return space
 
 
 def run_job(task: Task, target: Target, batch: int, seed: int,
@@ -527,6 +585,7 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
     outcome["latency"] = interleaved_latency({"dense": task.model, **models}, task.example, args)
     outcome["dense_search"] = {k: dense_search[k] for k in ("accuracy", "latency_ms")}
     outcome["table_s"] = task.table_s.get(key)
+    outcome["latency_model"] = task.latency_model.get(key)
     if space.latency_table is not None:
         outcome["table_dense_ms"] = space.latency_table.dense_ms
     return outcome
@@ -851,7 +910,7 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
     lines = [
         f"# Benchmark: search vs Torch-Pruning — {state['started'][:10]} on {info['host']}",
         "",
-        f"Command: `{state['command']}`  ",
+        "Command(s): " + "; then ".join(f"`{c}`" for c in state["commands"]) + "  ",
         f"Started {state['started']}, "
         + (
             f"finished {state['finished']}"
@@ -920,7 +979,8 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
             if target.metric == "latency" and runs[0].get("table_s") is not None:
                 lines.append(
                     f"Latency table measured in {runs[0]['table_s']:.0f} s (dense "
-                    f"{runs[0].get('table_dense_ms', math.nan):.2f} ms at batch {batch})."
+                    f"{runs[0].get('table_dense_ms', math.nan):.2f} ms at batch {batch}); "
+                    f"search-space latency model: {runs[0].get('latency_model')}."
                 )
                 lines.append("")
             summary = summarise(runs, target, batch)
@@ -1010,6 +1070,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cases": {},
         "not_run": [],
     }
+    settings = {
+        key: getattr(args, key)
+        for key in ("evals", "finetune_steps", "final_steps", "val", "test", "lr", "batch_size",
+                    "lower_bound", "rounds", "batches", "baseline_epochs", "threads")
+    }  # fmt: skip
+    state["settings"] = settings
+    state["commands"] = [state["command"]]
+    if args.resume and raw_path.is_file():
+        previous = json.loads(raw_path.read_text())
+        old = previous.get("settings", settings)
+        if old != settings:
+            raise SystemExit(f"error: --resume with other settings: {old} vs {settings}")
+        state["cases"] = previous["cases"]
+        state["started"] = previous["started"]
+        state["load_start"] = previous["load_start"]
+        state["commands"] = previous.get("commands", [previous["command"]]) + [state["command"]]
+        log(f"resuming {raw_path}")
     deadline = time.monotonic() + args.time_budget * 60 if args.time_budget else None
 
     def save() -> Path:
@@ -1023,6 +1100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if case.needs and not getattr(args, case.needs):
             log(f"[{case_name}] skipped: {CIFAR_HELP}")
             state["cases"][case_name] = {"skipped": CIFAR_HELP}
+            continue
+        if case_name in state["cases"]:  # resumed
             continue
         state["cases"][case_name] = {
             "model": case.model, "data": case.data, "input_shape": list(case.input_shape),
@@ -1038,6 +1117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 target, batch = parse_target(text, args.search_latency_batch)
                 key = target_key(target, batch)
                 job = f"{case_name} {key} seed {seed}"
+                done = case_state["targets"].get(key, {}).get("runs", [])
+                if any(run["seed"] == seed for run in done):
+                    log(f"[{job}] already finished (resumed)")
+                    continue
                 expected = durations.get(f"{case_name} {key}", 0.0)
                 if deadline is not None and time.monotonic() + expected > deadline:
                     log(f"[{job}] not started: the time budget would be exceeded")
