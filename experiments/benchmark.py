@@ -163,6 +163,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--finetune-steps", type=int, default=None, help="fine-tune steps per evaluation")
     add("--final-steps", type=int, default=None, help="final fine-tune steps of each best plan")
     add("--lr", type=float, default=0.01, help="fine-tune learning rate (both stages)")
+    add(
+        "--bn-batches",
+        type=int,
+        default=0,
+        help="adaptive-BN recalibration batches before each evaluation (0: off)",
+    )
     add("--batch-size", type=int, default=None, help="fine-tune and evaluation batch size")
     add("--val", type=int, default=None, help="validation samples the search scores plans on")
     add("--test", type=int, default=None, help="held-out samples the final models are scored on")
@@ -529,6 +535,7 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
     spec = TaskSpec(
         model=task.case.model, data=task.case.data, input_shape=task.case.input_shape,
         finetune_steps=args.finetune_steps, finetune_lr=args.lr, batch_size=args.batch_size,
+        bn_batches=args.bn_batches,
         latency_batch_size=batch, latency_warmup=args.lat_search["warmup"],
         latency_min_run_time=args.lat_search["min_run_time"],
         latency_repeats=args.lat_search["repeats"], threads=args.threads, seed=seed,
@@ -928,7 +935,9 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         "",
         f"- Seeds {list(range(args.seeds))}; every searched strategy asks for "
         f"**{args.evals} plans**, "
-        f"each evaluated in-process by `Workload.evaluate`: apply, **{args.finetune_steps} "
+        f"each evaluated in-process by `Workload.evaluate`: apply, "
+        + (f"adaptive-BN recalibration on {args.bn_batches} batches, " if args.bn_batches else "")
+        + f"**{args.finetune_steps} "
         f"fine-tune steps** (SGD lr {args.lr}, batch {args.batch_size}), accuracy on "
         "the validation samples, latency (1 thread). A plan repeated within one search reuses "
         "its result (so `uniform` evaluates one plan); evals/min count distinct evaluations.",
@@ -1073,7 +1082,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {
         key: getattr(args, key)
         for key in ("evals", "finetune_steps", "final_steps", "val", "test", "lr", "batch_size",
-                    "lower_bound", "rounds", "batches", "baseline_epochs", "threads")
+                    "lower_bound", "rounds", "batches", "baseline_epochs", "threads",
+                    "bn_batches")
     }  # fmt: skip
     state["settings"] = settings
     state["commands"] = [state["command"]]
