@@ -351,16 +351,27 @@ class LatencyTable:
             units=curves,
             device=str(device),
             meta=meta | {"anchors": [list(a) for a in anchors]},
-            fit=_fit(curves, anchors),
+            fit=_fit(curves, anchors, dense_ms),
         )
 
 
 def _fit(
-    curves: Mapping[str, UnitLatency], anchors: Sequence[tuple[float, float]] = ()
+    curves: Mapping[str, UnitLatency],
+    anchors: Sequence[tuple[float, float]] = (),
+    dense_ms: float | None = None,
 ) -> tuple[float, float] | None:
-    """Least-squares line latency = fixed + slope * FLOPs fraction over every measured point."""
-    xs = [f for c in curves.values() for f in c.flops] + [f for f, _ in anchors]
-    ys = [m for c in curves.values() for m in c.ms[: len(c.flops)]] + [m for _, m in anchors]
+    """Least-squares line latency = fixed + slope * FLOPs fraction.
+
+    On the anchors (every unit cut together) and the dense point when there are anchors: they
+    span the FLOPs range and each moves latency well beyond timing noise. Without anchors, on
+    every single-unit point.
+    """
+    if anchors and dense_ms is not None:
+        xs = [f for f, _ in anchors] + [1.0]
+        ys = [m for _, m in anchors] + [dense_ms]
+    else:
+        xs = [f for c in curves.values() for f in c.flops]
+        ys = [m for c in curves.values() for m in c.ms[: len(c.flops)]]
     if len(set(xs)) < 2:
         return None
     slope, fixed = np.polyfit(xs, ys, 1)
