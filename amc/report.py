@@ -338,7 +338,7 @@ def write_report(record: SearchRecord, out_dir: str | os.PathLike[str]) -> list[
             uniform_plan,
             units,
             out / "keep_ratios.png",
-            title=f"{record.name}: channels kept per unit, best plan vs uniform",
+            title=f"{record.name}\nchannels kept per unit, best plan vs uniform",
         ),
     ]
     completed = record.completed()
@@ -349,7 +349,7 @@ def write_report(record: SearchRecord, out_dir: str | os.PathLike[str]) -> list[
             out / "search_curve.png",
             direction=record.directions[0],
             ylabel=objective,
-            title=f"{record.name}: {objective} per evaluation and best so far",
+            title=f"{record.name}\n{objective} per evaluation and best so far",
         )
     )
     points, ylabel = _latency_points(completed)
@@ -367,7 +367,7 @@ def write_report(record: SearchRecord, out_dir: str | os.PathLike[str]) -> list[
             dense_point,
             out / "pareto.png",
             ylabel=ylabel,
-            title=f"{record.name}: accuracy vs measured latency",
+            title=f"{record.name}\naccuracy vs measured latency",
         )
     )
     summary = out / "summary.md"
