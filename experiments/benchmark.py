@@ -515,11 +515,16 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
     except InfeasibleBudgetError as error:
         if args.latency_model != "auto":
             raise
-        log(f"  latency table: {error} -> using the table's fitted line")
-        space = build(latency_table=linear_table(table))
+        try:
+            fallback, what = linear_table(table), "the measured table's fitted line"
+        except ValueError:  # timings too noisy for a line: FLOPs-proportional, measured dense
+            fallback = LatencyTable.synthetic(graph, dense_ms=table.dense_ms)
+            what = "a FLOPs-proportional model scaled to the measured dense latency"
+        log(f"  latency table: {error} -> using {what}")
+        space = build(latency_table=fallback)
         task.latency_model[key] = (
-            "the measured table's fitted line (auto fallback: with its per-unit residuals the "
-            f"table predicted the target unreachable: {error})"
+            f"{what} (auto fallback: with its per-unit residuals the measured table predicted "
+            f"the target unreachable: {error})"
         )
     space.example_inputs = example  # plans are timed at the target's batch size
     task.spaces[key] = space
