@@ -523,7 +523,15 @@ def _connect(address: str | None, runtime_env: dict[str, Any] | None) -> bool:
             **options,
         )
     else:
-        ray.init(address=address, **options)
+        target = address or os.environ.get("RAY_ADDRESS")
+        try:
+            ray.init(address=address, **options)
+        except ConnectionError as error:
+            raise ConfigError(
+                f"Could not connect to a Ray cluster at {target!r} ({error}). Start one with "
+                "`ray start --head`, check it with `ray status`, or leave --address unset to "
+                "run a local Ray inside amc."
+            ) from error
     return True
 
 
