@@ -59,3 +59,12 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict`, so the next ``ask`` continues identically."""
+
+
+def check_told(proposals: Sequence[Proposal], results: Sequence[Result]) -> None:
+    """Refuse a ``tell`` whose proposals and results do not pair up one to one."""
+    if len(proposals) != len(results):
+        raise ValueError(
+            f"tell got {len(proposals)} proposals but {len(results)} results; "
+            f"pass one result (or None) per proposal"
+        )

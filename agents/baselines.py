@@ -32,7 +32,7 @@ from agents import (
     generator_state,
     restore_generator,
 )
-from agents.base import Agent, Proposal, Result
+from agents.base import Agent, Proposal, Result, check_told
 
 # Relative slack of budget checks: cost models are float sums of integer counts.
 BUDGET_EPS = 1e-9
@@ -58,11 +58,7 @@ class _Baseline(Agent):
 
     def tell(self, proposals: Sequence[Proposal], results: Sequence[Result]) -> None:
         """Ignored: reference strategies do not learn."""
-        if len(proposals) != len(results):
-            raise ValueError(
-                f"tell got {len(proposals)} proposals but {len(results)} results; "
-                f"pass one result (or None) per proposal"
-            )
+        check_told(proposals, results)
 
     def state_dict(self) -> dict[str, Any]:
         """The episode counter (and RNG state where the agent draws random numbers)."""

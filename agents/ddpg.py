@@ -32,9 +32,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,8 +52,9 @@ from agents import (
     generator_state,
     restore_generator,
 )
-from agents.base import Agent, Proposal, Result
+from agents.base import Agent, Proposal, Result, check_told
 from amc.errors import ConfigError
+from amc.evaluate import torch_threads
 
 STATE_FORMAT = "amc.agent.ddpg/1"
 
@@ -187,7 +187,7 @@ class DDPGAgent(Agent):
 
     def ask(self, n: int = 1) -> list[Proposal]:
         """Roll out ``n`` episodes with the current actor and noise; nothing is scored."""
-        with _torch_threads(self.settings["threads"]):
+        with torch_threads(self.settings["threads"]):
             return [self._rollout() for _ in range(n)]
 
     def _rollout(self) -> Proposal:
@@ -253,12 +253,8 @@ class DDPGAgent(Agent):
 
         A failed evaluation (None) stores nothing.
         """
-        if len(proposals) != len(results):
-            raise ValueError(
-                f"tell got {len(proposals)} proposals but {len(results)} results; "
-                f"pass one result (or None) per proposal"
-            )
-        with _torch_threads(self.settings["threads"]):
+        check_told(proposals, results)
+        with torch_threads(self.settings["threads"]):
             for proposal, result in zip(proposals, results, strict=True):
                 if result is None:
                     continue
@@ -351,17 +347,6 @@ class DDPGAgent(Agent):
         )
         restore_generator(self.rng, state["rng"])
         restore_generator(self.replay_buffer.rng, state["replay_rng"])
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """Use ``threads`` torch threads inside (tiny MLPs run fastest, and never stall, on one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _no_score(plan: Any) -> float:

@@ -40,7 +40,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from agents import Setting, check_settings, check_state_format
-from agents.base import Agent, Proposal, Result
+from agents.base import Agent, Proposal, Result, check_told
 from amc.errors import ConfigError
 
 DENSE = "dense"
@@ -140,11 +140,7 @@ class OptunaAgent(Agent):
 
     def tell(self, proposals: Sequence[Proposal], results: Sequence[Result]) -> None:
         """Tell each proposal's trial its value(s); ``None`` (or a non-finite value) fails it."""
-        if len(proposals) != len(results):
-            raise ValueError(
-                f"tell got {len(proposals)} proposals but {len(results)} results; "
-                f"pass one result (or None) per proposal"
-            )
+        check_told(proposals, results)
         for proposal, result in zip(proposals, results, strict=True):
             values = self._values(result)
             number = int(proposal.info["trial"])

@@ -355,7 +355,7 @@ class Workload:
     def dense_metrics(self, guard: Guard = _no_guard) -> dict[str, Any]:
         """The dense model's accuracy, loss, latency, FLOPs, params and size (cached)."""
         if "accuracy" not in self._dense:
-            with _threads(self.spec.threads), guard("evaluate"):
+            with torch_threads(self.spec.threads), guard("evaluate"):
                 metrics = evaluate(
                     self.model,
                     self.eval_loader,
@@ -389,7 +389,7 @@ class Workload:
 
     def _dense_latency(self, guard: Guard) -> float:
         if "latency_ms" not in self._dense:
-            with _threads(self.spec.threads), guard("latency"):
+            with torch_threads(self.spec.threads), guard("latency"):
                 stats = self._measure(self.model)
             self._dense.update(latency_ms=stats.median_ms, latency_iqr_ms=stats.iqr_ms)
         return float(self._dense["latency_ms"])
@@ -419,7 +419,7 @@ class Workload:
         start = time.perf_counter()
         timed = _Timer(times, guard)
         try:
-            with _threads(spec.threads):
+            with torch_threads(spec.threads):
                 with timed("apply"):
                     pruned = apply_plan(
                         self.model, plan, self.example_inputs, spec.criterion,
@@ -516,7 +516,7 @@ class _Timer:
 
 
 @contextlib.contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
+def torch_threads(threads: int | None) -> Iterator[None]:
     """Run with ``threads`` torch intra-op threads, restoring the previous count."""
     if threads is None:
         yield
