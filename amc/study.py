@@ -357,11 +357,7 @@ class SearchRecord:
             >>> record = SearchRecord.open("sqlite:///runs/amc.db", "demo")
         """
         storage = storage_from_url(storage_url, create=False)
-        try:
-            study_id = storage.get_study_id_from_name(study_name)
-        except KeyError:
-            names = [study.study_name for study in storage.get_all_studies()]
-            raise unknown_study(study_name, names, storage_url) from None
+        study_id = _study_id(storage, study_name, storage_url)
         return cls(storage, study_id, study_name, display_url(storage_url))
 
     @property
@@ -671,12 +667,17 @@ def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
 def delete_study(storage_url: str | None, study_name: str) -> None:
     """Delete a study and all its trials (unknown names list the close ones)."""
     storage = storage_from_url(storage_url, create=False)
+    storage.delete_study(_study_id(storage, study_name, storage_url))
+
+
+def _study_id(storage: BaseStorage, study_name: str, storage_url: str | None) -> int:
+    """The id of ``study_name``; an unknown name lists the close ones."""
     try:
         study_id = storage.get_study_id_from_name(study_name)
     except KeyError:
         names = [study.study_name for study in storage.get_all_studies()]
         raise unknown_study(study_name, names, storage_url) from None
-    storage.delete_study(study_id)
+    return study_id
 
 
 def unknown_study(name: str, names: Sequence[str], storage_url: str | None) -> UnknownNameError:
