@@ -6,6 +6,7 @@ Only this module turns errors into messages and exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -434,16 +435,26 @@ def _run_experiment(config: Any, *, progress: bool, resume: bool) -> None:
         stored_table = SearchRecord.open(config.storage, config.study_name()).attrs.get(
             "latency_table"
         )
-    prepared = experiment.prepare(config, progress=progress, latency_table=stored_table)
     storage = display_url(config.storage)
-    try:
-        record, outcome = experiment.search(prepared, progress=progress, resume=resume)
-    except KeyboardInterrupt:
-        errors.print(
-            f"stopped; in-flight trials were recorded as failed and the agent checkpointed. "
-            f"Continue with: amc resume {prepared.study} --storage {storage}"
+    spec = experiment.task_spec(config, progress=progress)
+    # Ray's workers load the task while this process builds the search space.
+    with contextlib.ExitStack() as stack:
+        evaluator = experiment.start_evaluator(config, spec)
+        if evaluator is not None:
+            stack.enter_context(evaluator)
+        prepared = experiment.prepare(
+            config, progress=progress, latency_table=stored_table, spec=spec, evaluator=evaluator
         )
-        raise
+        try:
+            record, outcome = experiment.search(
+                prepared, progress=progress, resume=resume, evaluator=evaluator
+            )
+        except KeyboardInterrupt:
+            errors.print(
+                f"stopped; in-flight trials were recorded as failed and the agent "
+                f"checkpointed. Continue with: amc resume {prepared.study} --storage {storage}"
+            )
+            raise
     finished = experiment.finish(prepared, record)
     console.print(comparison_table(finished.rows, title=f"{prepared.study}: dense vs pruned"))
     console.print(

@@ -48,7 +48,11 @@ class LatencyConfig(_Strict):
 
     warmup: int = Field(5, ge=0)
     min_run_time: float = Field(0.5, gt=0, description="seconds of timed runs per measurement")
-    repeats: int = Field(20, ge=1, description="timed runs at least")
+    repeats: int = Field(
+        20,
+        ge=1,
+        description="timed blocks at least (per model when a plan is timed with the dense)",
+    )
     table_widths: tuple[float, ...] = (0.25, 0.5, 0.75)
     table_min_run_time: float = Field(0.2, gt=0)
     table_repeats: int = Field(10, ge=1)

@@ -246,6 +246,9 @@ class RayEvaluator(Evaluator):
         max_retries: times a plan is re-run after its worker died, before it fails.
         startup_timeout: seconds to wait for the workers to load the task.
         runtime_env: passed to ``ray.init`` (e.g. a ``working_dir`` for a remote cluster).
+        wait: wait here for every worker to load the task. With False the workers load in
+            the background while the caller prepares (``amc search`` builds its search space
+            meanwhile); :meth:`wait_ready` waits later, and plans submitted before then queue.
 
     Raises:
         AmcError: the task does not load (bad model, data or weights), as the worker raised it.
@@ -263,6 +266,7 @@ class RayEvaluator(Evaluator):
         max_retries: int = 2,
         startup_timeout: float = 300.0,
         runtime_env: dict[str, Any] | None = None,
+        wait: bool = True,
     ) -> None:
         if isolation not in ISOLATION:
             raise ConfigError(f"isolation must be one of {ISOLATION}, got {isolation!r}.")
@@ -272,6 +276,7 @@ class RayEvaluator(Evaluator):
         self.isolation = isolation
         self.max_retries = max_retries
         self.restarts = 0
+        self._startup_timeout = startup_timeout
         self._gpus = 1 if spec.device.startswith("cuda") else 0
         self._cpus = cpus_per_worker
         self._owns_ray = _connect(address, runtime_env)
@@ -286,11 +291,25 @@ class RayEvaluator(Evaluator):
         self._slots = [self._start(index, 0) for index in range(self.capacity)]
         if not self._gpus and isolation != "none":  # start this node's lock alongside
             self._lock_for(ray.get_runtime_context().get_node_id(), "cpu")
+        self._ready = False
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait until every worker has loaded the task (see ``wait``); a no-op once done.
+
+        Raises:
+            AmcError: the task does not load, as the worker raised it (the evaluator closes).
+            ConfigError: the workers did not start within ``startup_timeout``.
+        """
+        if self._ready:
+            return
         try:
-            self._await_startup(startup_timeout)
+            self._await_startup(self._startup_timeout)
         except BaseException:
             self.close()
             raise
+        self._ready = True
 
     # -- the protocol ---------------------------------------------------------------------
 

@@ -41,7 +41,13 @@ from torch.utils.data import DataLoader
 
 from amc.checkpoint import load_weights
 from amc.errors import ConfigError, DataError, did_you_mean
-from amc.measure import count_flops, count_params, measure_latency, model_size
+from amc.measure import (
+    count_flops,
+    count_params,
+    measure_interleaved,
+    measure_latency,
+    model_size,
+)
 from amc.plan import CRITERIA, PruningPlan
 from amc.prune import apply_plan
 from amc.train import NonFiniteLossError, evaluate, finetune, recalibrate_bn
@@ -53,6 +59,7 @@ RESULT_FORMAT = "amc.eval/1"
 STATUSES = ("ok", "failed", "over_budget")
 PHASES = ("apply", "count", "recalibrate", "finetune", "evaluate", "latency")
 DATA_CRITERION_BATCHES = 2  # train batches a taylor/activation criterion sees
+SLICE_S = 0.25  # a fine-tune gives the device lock back this often (a measurement may wait)
 
 # guard(phase) -> a context manager held around a phase; RayEvaluator passes one that takes
 # the device lock (shared for work, exclusive for "latency").
@@ -90,8 +97,10 @@ class TaskSpec:
         bn_batches: train batches for adaptive-BN recalibration (0 = off).
         eval_batches: held-out batches evaluated (None = the whole test split).
         latency_batch_size: batch size latency is measured at.
-        latency_warmup, latency_min_run_time, latency_repeats: see
-            :func:`amc.measure.measure_latency`.
+        latency_warmup, latency_min_run_time, latency_repeats: how latency is timed: the
+            dense model alone by :func:`amc.measure.measure_latency`, each plan together with
+            the dense model by :func:`amc.measure.measure_interleaved` (``latency_repeats``
+            rounds, about ``latency_min_run_time`` seconds for both).
         threads: torch intra-op threads during an evaluation (None = leave as is; a Ray
             worker then has as many as its CPUs).
         budget_tolerance: a result whose target metric exceeds ``fraction * dense`` by more
@@ -200,6 +209,9 @@ class EvalResult:
         fidelity: top-1 agreement with the dense model (only measured without labels).
         labelled: whether ``accuracy`` and ``loss`` are against true labels.
         latency_ms, latency_iqr_ms: median and IQR of one forward pass on the target device.
+        latency_ratio: ``latency_ms`` over the dense model's latency, both measured in one
+            interleaved run on the same worker (:func:`amc.measure.measure_interleaved`), so
+            that drift of the machine cancels; latency budgets are checked against it.
         flops, params, size_bytes: of the pruned model (size as stored, N:M/CSR compressed).
         finetune_steps: fine-tune steps completed.
         times: wall seconds per phase (:data:`PHASES`, ``wait`` for the device lock, ``total``).
@@ -216,6 +228,7 @@ class EvalResult:
     labelled: bool = True
     latency_ms: float | None = None
     latency_iqr_ms: float | None = None
+    latency_ratio: float | None = None
     flops: int | None = None
     params: int | None = None
     size_bytes: int | None = None
@@ -394,6 +407,16 @@ class Workload:
             self._dense.update(latency_ms=stats.median_ms, latency_iqr_ms=stats.iqr_ms)
         return float(self._dense["latency_ms"])
 
+    def _measure_against_dense(self, pruned: nn.Module) -> tuple[Any, Any]:
+        """Latency of ``pruned`` and of the dense model, timed in alternation."""
+        spec = self.spec
+        pruned_stats, dense_stats = measure_interleaved(
+            [pruned, self.model], self.example_inputs, spec.device,
+            batch_size=spec.latency_batch_size, threads=spec.threads, warmup=spec.latency_warmup,
+            min_run_time=spec.latency_min_run_time, rounds=spec.latency_repeats,
+        )  # fmt: skip
+        return pruned_stats, dense_stats
+
     def _measure(self, model: nn.Module) -> Any:
         spec = self.spec
         return measure_latency(
@@ -440,6 +463,7 @@ class Workload:
                         finetune(
                             pruned, self.data, spec.finetune_steps, lr=spec.finetune_lr,
                             batch_size=spec.batch_size, device=spec.device, seed=spec.seed,
+                            on_step=timed.share,
                         )  # fmt: skip
                     steps = spec.finetune_steps
                 with timed("evaluate"):
@@ -447,8 +471,9 @@ class Workload:
                         pruned, self.eval_loader, device=spec.device, reference=self._reference
                     )
                 with timed("latency"):
-                    latency = self._measure(pruned)
-                over = self._over_budget(plan, flops, params, latency.median_ms, guard)
+                    latency, dense = self._measure_against_dense(pruned)
+                ratio = latency.median_ms / dense.median_ms
+                over = self._over_budget(plan, flops, params, ratio)
         except NonFiniteLossError as exc:
             times["total"] = time.perf_counter() - start
             return failed_result(
@@ -466,6 +491,7 @@ class Workload:
             labelled=metrics.labelled,
             latency_ms=latency.median_ms,
             latency_iqr_ms=latency.iqr_ms,
+            latency_ratio=ratio,
             flops=flops,
             params=params,
             size_bytes=size_bytes,
@@ -477,17 +503,19 @@ class Workload:
         )
 
     def _over_budget(
-        self, plan: PruningPlan, flops: int, params: int, latency_ms: float, guard: Guard
+        self, plan: PruningPlan, flops: int, params: int, latency_ratio: float
     ) -> str | None:
         """Why the measured result exceeds the plan's target, or None when within it."""
         if not plan.target:
             return None
         metric, fraction = str(plan.target.get("metric")), float(plan.target["fraction"])
-        measured = {"flops": flops, "params": params, "latency": latency_ms}.get(metric)
-        if measured is None:
+        if metric == "latency":
+            ratio = latency_ratio
+        elif metric in ("flops", "params"):
+            dense = self._dense_cost()[metric]
+            ratio = (flops if metric == "flops" else params) / dense if dense else math.inf
+        else:
             return None
-        dense = self._dense_latency(guard) if metric == "latency" else self._dense_cost()[metric]
-        ratio = measured / dense if dense else math.inf
         if ratio <= fraction * (1.0 + self.spec.budget_tolerance):
             return None
         return (
@@ -497,22 +525,50 @@ class Workload:
 
 
 class _Timer:
-    """``with timer(phase):`` holds the guard for the phase and records its wall time."""
+    """``with timer(phase):`` holds the guard for the phase and records its wall time.
+
+    A long phase calls :meth:`share` between its steps: every :data:`SLICE_S` seconds the
+    guard is given back and taken again, so a latency measurement waiting for the device gets
+    it after at most one slice instead of after the whole fine-tune. Time spent waiting counts
+    as ``wait``, not as the phase.
+    """
 
     def __init__(self, times: dict[str, float], guard: Guard) -> None:
         self.times = times
         self.guard = guard
+        self._held: contextlib.ExitStack | None = None
+        self._phase = ""
+        self._since = 0.0
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
+        self._phase = phase
+        begun = time.perf_counter()
+        waited_before = self.times["wait"]
+        self._take()
+        try:
+            yield
+        finally:
+            assert self._held is not None
+            self._held.close()
+            self._held = None
+            waited = self.times["wait"] - waited_before
+            self.times[phase] = time.perf_counter() - begun - waited
+
+    def share(self, _step: int = 0) -> None:
+        """Give the guard back and take it again if held for a slice (between steps)."""
+        if self._held is None or self.guard is _no_guard:
+            return
+        if time.perf_counter() - self._since >= SLICE_S:
+            self._held.close()
+            self._take()
+
+    def _take(self) -> None:
         waited = time.perf_counter()
-        with self.guard(phase):
-            start = time.perf_counter()
-            self.times["wait"] += start - waited
-            try:
-                yield
-            finally:
-                self.times[phase] = time.perf_counter() - start
+        self._held = contextlib.ExitStack()
+        self._held.enter_context(self.guard(self._phase))
+        self._since = time.perf_counter()
+        self.times["wait"] += self._since - waited
 
 
 @contextlib.contextmanager
@@ -560,6 +616,10 @@ class Evaluator(Protocol):
     def dense_metrics(self) -> dict[str, Any]:
         """The dense model's metrics measured the way plans are (accuracy, latency, ...)."""
         ...
+
+    def wait_ready(self) -> None:
+        """Block until the workers have loaded the task (raising what a worker raised)."""
+        return None
 
     def cancel_all(self) -> list[int]:
         """Drop every queued and running plan; return their tags (no results follow)."""

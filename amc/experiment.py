@@ -25,7 +25,7 @@ from amc.evaluate import EvalResult, Evaluator, LocalEvaluator, TaskSpec, Worklo
 from amc.plan import PruningPlan, parse_nm
 from amc.prune import apply_plan
 from amc.search import SearchOutcome, run_search
-from amc.space import SearchSpace
+from amc.space import SearchSpace, Target
 from amc.study import SearchRecord
 
 
@@ -52,24 +52,18 @@ class Finished:
     plots: list[Path] = field(default_factory=list)
 
 
-def prepare(
-    config: ExperimentConfig,
-    *,
-    progress: bool = True,
-    task: Mapping[str, Any] | None = None,
-    latency_table: Mapping[str, Any] | None = None,
-) -> Experiment:
-    """Train or load the model, discover units, measure the dense model, build the space.
+def task_spec(
+    config: ExperimentConfig, *, progress: bool = True, task: Mapping[str, Any] | None = None
+) -> TaskSpec:
+    """What every worker loads: the model with its trained weights (trained now, or found in
+    the cache), the data and the evaluation protocol.
 
     Args:
         config: the experiment.
         progress: show the baseline's training progress.
         task: :class:`~amc.evaluate.TaskSpec` fields to set beyond what the config holds
             (e.g. ``latency_min_run_time`` for quicker, noisier latency in tests).
-        latency_table: a table stored in the study (resume keeps the budget it searched with
-            instead of measuring a new, differently noisy one).
     """
-    from amc.latency_table import LatencyTable
     from amc.train import pretrained
 
     weights = config.weights
@@ -111,9 +105,53 @@ def prepare(
         budget_tolerance=config.budget_tolerance,
         seed=config.seed,
     )
-    if task:
-        spec = replace(spec, **task)
+    return replace(spec, **task) if task else spec
+
+
+def start_evaluator(config: ExperimentConfig, spec: TaskSpec) -> Evaluator | None:
+    """Connect to Ray and start the workers loading ``spec`` in the background.
+
+    Called before :func:`prepare`, so that the workers load while the driver builds its
+    search space, and so that a cluster that cannot be reached is an error before any study
+    is written. None for an in-process search (``ray.workers: 0``), whose evaluator needs the
+    prepared workload (:func:`make_evaluator`).
+    """
+    if config.ray.workers == 0:
+        return None
+    from amc.distributed import RayEvaluator
+
+    return RayEvaluator(spec, workers=config.ray.workers, address=config.ray.address, wait=False)
+
+
+def prepare(
+    config: ExperimentConfig,
+    *,
+    progress: bool = True,
+    task: Mapping[str, Any] | None = None,
+    latency_table: Mapping[str, Any] | None = None,
+    spec: TaskSpec | None = None,
+    evaluator: Evaluator | None = None,
+) -> Experiment:
+    """Train or load the model, discover units, build the search space with its budget.
+
+    Args:
+        config: the experiment.
+        progress: show the baseline's training progress.
+        task: :class:`~amc.evaluate.TaskSpec` fields to set beyond what the config holds.
+        latency_table: a table stored in the study (resume keeps the budget it searched with
+            instead of measuring a new, differently noisy one).
+        spec: the task from :func:`task_spec` (made here when None).
+        evaluator: workers started by :func:`start_evaluator`: a latency table is timed only
+            once they have loaded (their start-up would disturb the timings).
+    """
+    from amc.latency_table import LatencyTable
+
+    if spec is None:
+        spec = task_spec(config, progress=progress, task=task)
     workload = Workload.from_spec(spec).prepare()
+    needs_table = Target.parse(config.target).metric == "latency" and latency_table is None
+    if evaluator is not None and needs_table:
+        evaluator.wait_ready()
     example = workload.example_inputs.repeat(config.latency_batch_size, 1, 1, 1)
     space = SearchSpace.build(
         workload.model,
@@ -159,8 +197,18 @@ def make_evaluator(experiment: Experiment) -> Evaluator:
     return RayEvaluator(experiment.spec, workers=ray.workers, address=ray.address)
 
 
-def open_record(experiment: Experiment, agent: Any, *, resume: bool = False) -> SearchRecord:
-    """Create (or reopen) the study with everything needed to resume or export it."""
+def open_record(
+    experiment: Experiment,
+    agent: Any,
+    *,
+    resume: bool = False,
+    dense: Mapping[str, Any] | None = None,
+) -> SearchRecord:
+    """Create (or reopen) the study with everything needed to resume or export it.
+
+    ``dense`` is the dense model's metrics as the evaluator measured them (default: measured
+    here, in the driver).
+    """
     directions = ["maximize" if name != "latency_ms" else "minimize" for name in agent.objectives]
     graph = experiment.workload.graph
     attrs = {
@@ -169,7 +217,7 @@ def open_record(experiment: Experiment, agent: Any, *, resume: bool = False) -> 
         "task": experiment.spec.to_json(),
         "units": [unit.to_json() for unit in graph.units],
         "fingerprint": graph.fingerprint,
-        "dense": experiment.workload.dense_metrics(),
+        "dense": dict(dense) if dense is not None else experiment.workload.dense_metrics(),
         "objectives": list(agent.objectives),
         "agent": agent.name,
         "target": str(experiment.space.target),
@@ -212,17 +260,18 @@ def search(
     from agents.base import Proposal
 
     agent = make_agent(experiment)
-    record = open_record(experiment, agent, resume=resume)
-    state = record.load_agent_state()
-    if state is not None:
-        agent.load_state_dict(state)
-        rebuild = getattr(agent, "rebuild_replay", None)
-        if rebuild is not None:
-            rebuild(_told(record, Proposal))
-    _continue_episodes(agent, record)
     with contextlib.ExitStack() as stack:
         if evaluator is None:
             evaluator = stack.enter_context(make_evaluator(experiment))
+        evaluator.wait_ready()
+        record = open_record(experiment, agent, resume=resume, dense=evaluator.dense_metrics())
+        state = record.load_agent_state()
+        if state is not None:
+            agent.load_state_dict(state)
+            rebuild = getattr(agent, "rebuild_replay", None)
+            if rebuild is not None:
+                rebuild(_told(record, Proposal))
+        _continue_episodes(agent, record)
         outcome = run_search(
             agent,
             evaluator,
@@ -242,7 +291,7 @@ def search(
 def _latency_calibration(experiment: Experiment, record: SearchRecord) -> Any:
     """For latency targets: feed each measured plan back into the space's latency estimate."""
     space = experiment.space
-    dense_ms = experiment.workload.dense_metrics().get("latency_ms")
+    dense_ms = record.attrs.get("dense", {}).get("latency_ms")
     if space.target.metric != "latency" or not dense_ms:
         return None
 
@@ -253,7 +302,9 @@ def _latency_calibration(experiment: Experiment, record: SearchRecord) -> Any:
 
     def calibrate(proposal: Any, result: EvalResult) -> None:
         if result.latency_ms is not None and result.status in ("ok", "over_budget"):
-            scale = space.calibrate_latency(proposal.plan, result.latency_ms / dense_ms)
+            # measured against the dense model in the same run; older results lack the ratio
+            ratio = result.latency_ratio or result.latency_ms / dense_ms
+            scale = space.calibrate_latency(proposal.plan, ratio)
             record.set_attr("latency_scale", scale)
 
     return calibrate
@@ -393,4 +444,14 @@ def describe(finished: Finished) -> str:
     )
 
 
-__all__ = ["EvalResult", "Experiment", "Finished", "finish", "prepare", "resume_config", "search"]
+__all__ = [
+    "EvalResult",
+    "Experiment",
+    "Finished",
+    "finish",
+    "prepare",
+    "resume_config",
+    "search",
+    "start_evaluator",
+    "task_spec",
+]

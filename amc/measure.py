@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,7 @@ __all__ = [
     "compare",
     "count_flops",
     "count_params",
+    "measure_interleaved",
     "measure_latency",
     "model_size",
 ]
@@ -193,10 +195,12 @@ def measure_latency(
         measurement = timer.blocked_autorange(min_run_time=min_run_time)
         missing = repeats - len(measurement.raw_times)
         if missing > 0:
-            extra = [timer.timeit(measurement.number_per_run) for _ in range(missing)]
+            number = measurement.number_per_run
+            with _threads(num_threads):
+                extra = [_time_block(runnable, args, number, target) for _ in range(missing)]
             measurement = benchmark.Measurement(
-                number_per_run=measurement.number_per_run,
-                raw_times=measurement.raw_times + [m.raw_times[0] for m in extra],
+                number_per_run=number,
+                raw_times=measurement.raw_times + extra,
                 task_spec=measurement.task_spec,
             )
     return LatencyStats(
@@ -208,6 +212,124 @@ def measure_latency(
         device=str(target),
         threads=num_threads,
     )
+
+
+def measure_interleaved(
+    models: Sequence[nn.Module],
+    example_inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    warmup: int = 5,
+    min_run_time: float = 0.5,
+    rounds: int = 10,
+) -> list[LatencyStats]:
+    """Measure several models in alternation (A B B A A B ...), so machine drift hits all alike.
+
+    Where :func:`measure_latency` times one model, this times ``models`` in ``rounds`` rounds,
+    one block of forward passes per model per round, reversing the order every other round.
+    A ratio of two of the returned medians is then measured under the same conditions: a busy
+    neighbour or a frequency change during the measurement slows both models, not one. The
+    whole call takes about ``min_run_time`` seconds (plus warm-up), shared out evenly: each
+    block lasts about ``min_run_time / (rounds * len(models))``.
+
+    Args:
+        models: the networks (eval mode under :func:`torch.inference_mode`, as in
+            :func:`measure_latency`; models not on ``device`` are copied there).
+        example_inputs, device, batch_size, threads, warmup: as in :func:`measure_latency`.
+        min_run_time: seconds of timed blocks, all models together.
+        rounds: blocks per model (the statistics' sample size).
+
+    Returns:
+        One :class:`LatencyStats` per model, in the order given.
+
+    Example:
+        >>> small, large = torch.nn.Linear(8, 4), torch.nn.Linear(8, 512)
+        >>> a, b = measure_interleaved([small, large], torch.randn(1, 8), min_run_time=0.05)
+        >>> a.runs == b.runs == 10
+        True
+    """
+    target = resolve_device(device)
+    if not models or warmup < 0 or rounds < 1 or min_run_time <= 0:
+        raise ValueError(
+            f"Expected at least one model, warmup >= 0, rounds >= 1 and min_run_time > 0; got "
+            f"{len(models)} models, warmup={warmup}, rounds={rounds}, min_run_time={min_run_time}."
+        )
+    num_threads = torch.get_num_threads() if threads is None else threads
+    if num_threads < 1:
+        raise ValueError(f"Expected threads >= 1, got {num_threads}.")
+    args = _as_args(example_inputs)
+    if batch_size is not None:
+        args = tuple(_resize_batch(arg, batch_size) for arg in args)
+    args = tuple(arg.to(target) if isinstance(arg, torch.Tensor) else arg for arg in args)
+    block = min_run_time / (rounds * len(models))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_cuda_device(target))
+        stack.enter_context(torch.inference_mode())
+        runnables = [stack.enter_context(_on_device(model, target)) for model in models]
+        timers = [
+            benchmark.Timer(
+                stmt="model(*args)", globals={"model": m, "args": args}, num_threads=num_threads
+            )
+            for m in runnables
+        ]
+        numbers, specs = [], []
+        for runnable, timer in zip(runnables, timers, strict=True):
+            once = timer.timeit(1)  # Timer.timeit warms up (2 passes), then times one
+            for _ in range(max(0, warmup - 2)):
+                runnable(*args)
+            numbers.append(max(1, round(block / max(once.raw_times[0], 1e-9))))
+            specs.append(once.task_spec)
+        raw: list[list[float]] = [[] for _ in models]
+        order = list(range(len(models)))
+        with _threads(num_threads):
+            for index in range(rounds):
+                for which in order if index % 2 == 0 else reversed(order):
+                    raw[which].append(_time_block(runnables[which], args, numbers[which], target))
+    stats = []
+    for spec, number, times in zip(specs, numbers, raw, strict=True):
+        measurement = benchmark.Measurement(number_per_run=number, raw_times=times, task_spec=spec)
+        stats.append(
+            LatencyStats(
+                median_ms=measurement.median * 1e3,
+                iqr_ms=measurement.iqr * 1e3,
+                mean_ms=measurement.mean * 1e3,
+                runs=len(times),
+                batch_size=_batch_of(args),
+                device=str(target),
+                threads=num_threads,
+            )
+        )
+    return stats
+
+
+def _time_block(model: Any, args: tuple[Any, ...], number: int, target: torch.device) -> float:
+    """Seconds for ``number`` back-to-back passes, CUDA synchronised at both ends.
+
+    ``Timer.timeit`` runs two untimed warm-up passes before every block it times; when many
+    short blocks are taken (top-up blocks, interleaved rounds) that would triple the cost.
+    """
+    sync = torch.cuda.synchronize if target.type == "cuda" else None
+    if sync:
+        sync(target)
+    start = time.perf_counter()
+    for _ in range(number):
+        model(*args)
+    if sync:
+        sync(target)
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Intra-op CPU threads for the block, as ``Timer(num_threads=...)`` sets them."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _as_args(example_inputs: Inputs) -> tuple[Any, ...]:

@@ -7,7 +7,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,12 @@ def finetune(
     seed: int = 0,
     optimizer: str = "sgd",
     progress: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place for a few steps (a pruned model's brief recovery).
+
+    ``on_step(step)`` is called after every optimiser step (a Ray worker uses it to let a
+    waiting latency measurement have the device between steps).
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite (``reason == "nan_loss"``).
@@ -164,8 +168,9 @@ def finetune(
     dataset = data.train if isinstance(data, DataSplits) else data
     start = time.perf_counter()
     loss = _fit(
-        model, dataset, steps, lr, batch_size, device, seed, optimizer, None, progress, "finetune"
-    )
+        model, dataset, steps, lr, batch_size, device, seed, optimizer, None, progress,
+        "finetune", on_step,
+    )  # fmt: skip
     return FinetuneResult(steps, loss, time.perf_counter() - start)
 
 
@@ -181,6 +186,7 @@ def _fit(
     weight_decay: float | None,
     progress: bool,
     desc: str,
+    on_step: Callable[[int], None] | None = None,
 ) -> float:
     """The shared training loop; returns the mean loss of the last (up to) 20 steps."""
     if optimizer not in OPTIMIZERS:
@@ -225,6 +231,8 @@ def _fit(
             schedule.step()
             recent = (recent + [value])[-20:]
             bar.update(1)
+            if on_step is not None:
+                on_step(step)
             if step % 10 == 0 or step == steps:
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
     model.eval()

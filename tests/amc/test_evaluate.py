@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import socket
+import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from amc import evaluate as evaluate_module
 from amc.checkpoint import save_weights
 from amc.errors import ConfigError, DataError
 from amc.evaluate import (
@@ -22,7 +26,7 @@ from amc.evaluate import (
     Workload,
     evaluate_all,
 )
-from amc.measure import count_flops, count_params
+from amc.measure import LatencyStats, count_flops, count_params
 from amc.plan import PruningPlan, UnitPlan, uniform_plan
 from amc.prune import apply_plan
 from amc.zoo import DataSplits, get_data
@@ -140,6 +144,32 @@ def test_finetune_and_bn_recalibration(workload: Workload) -> None:
     assert tuned.flops == plain.flops and tuned.loss != plain.loss
 
 
+def test_finetune_gives_the_guard_back_between_steps(
+    workload: Workload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting latency measurement gets the device after one slice, not the whole phase."""
+    entered: list[str] = []
+    held: list[str] = []
+
+    @contextlib.contextmanager
+    def guard(phase: str) -> Iterator[None]:
+        assert not held, "the guard is never taken twice at once"
+        entered.append(phase)
+        held.append(phase)
+        time.sleep(0.002)  # waiting for the lock counts as wait, not as the phase
+        try:
+            yield
+        finally:
+            held.pop()
+
+    monkeypatch.setattr(evaluate_module, "SLICE_S", 0.0)  # give it back after every step
+    result = _variant(workload, finetune_steps=4).evaluate(_plan(workload), guard=guard)
+    assert result.status == "ok" and not held
+    assert entered.count("finetune") == 1 + 4
+    assert entered.count("latency") == 1 and entered.count("apply") == 1
+    assert result.times["wait"] >= 0.002 * len(entered)
+
+
 def test_failure_in_finetuning_is_a_failed_result(workload: Workload) -> None:
     exploding = ExplodingLeNet(num_classes=10, in_channels=1)
     exploding.load_state_dict(workload.model.state_dict())
@@ -183,6 +213,32 @@ def test_over_budget(workload: Workload) -> None:
     assert result.accuracy is not None and result.flops is not None  # still measured
     assert result.error == (
         f"flops is {fraction:.3f} of the dense model's, over the target 0.100 (tolerance 5%)"
+    )
+
+
+def test_latency_budget_is_checked_on_the_ratio_measured_with_the_dense_model(
+    workload: Workload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ratio comes from one interleaved run of plan and dense, not a stale dense time."""
+    plan = _plan(workload)
+    result = workload.evaluate(plan)
+    assert result.latency_ratio is not None and 0 < result.latency_ratio < 3
+    workload._dense["latency_ms"] = 1e-6  # a dense time measured once, wildly off
+    calls: list[int] = []
+
+    def timed(models, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(models))
+        pruned, dense = (LatencyStats(v, 0.0, v, 3, 1, "cpu", 1) for v in (2.0, 4.0))
+        return [pruned, dense]
+
+    monkeypatch.setattr(evaluate_module, "measure_interleaved", timed)
+    within = workload.evaluate(replace(plan, target={"metric": "latency", "fraction": 0.5}))
+    assert calls == [2] and within.status == "ok"
+    assert (within.latency_ms, within.latency_ratio) == (2.0, 0.5)
+    over = workload.evaluate(replace(plan, target={"metric": "latency", "fraction": 0.4}))
+    assert over.status == "over_budget"
+    assert over.error == (
+        "latency is 0.500 of the dense model's, over the target 0.400 (tolerance 5%)"
     )
 
 

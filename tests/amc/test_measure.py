@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from amc import measure
 from amc.errors import AmcError, ConfigError
 from amc.measure import (
     LatencyStats,
@@ -19,6 +20,7 @@ from amc.measure import (
     compare,
     count_flops,
     count_params,
+    measure_interleaved,
     measure_latency,
     model_size,
 )
@@ -248,20 +250,20 @@ def test_latency_is_sane_and_restores_mode() -> None:
 def test_latency_median_lies_within_measured_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[float] = []
     timer_class = torch.utils.benchmark.Timer
-    blocked, timeit = timer_class.blocked_autorange, timer_class.timeit
+    blocked, time_block = timer_class.blocked_autorange, measure._time_block
 
     def spy_blocked(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         measurement = blocked(self, *args, **kwargs)
         seen.extend(measurement.times)
         return measurement
 
-    def spy_timeit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        measurement = timeit(self, *args, **kwargs)
-        seen.extend(measurement.times)
-        return measurement
+    def spy_block(model, args, number, target):  # type: ignore[no-untyped-def]
+        seconds = time_block(model, args, number, target)
+        seen.append(seconds / number)
+        return seconds
 
     monkeypatch.setattr(timer_class, "blocked_autorange", spy_blocked)
-    monkeypatch.setattr(timer_class, "timeit", spy_timeit)
+    monkeypatch.setattr(measure, "_time_block", spy_block)  # the top-up blocks
     stats = measure_latency(
         nn.Linear(8, 4), torch.randn(1, 8), warmup=1, min_run_time=0.01, repeats=50
     )
@@ -354,3 +356,32 @@ def test_compare_rows_are_json_and_ratios_right() -> None:
     assert rows["flops"]["ratio"] == (16 * 4 + 4 * 4) / (16 * 8 + 8 * 4)
     assert report["details"]["pruned"]["latency"]["4"]["batch_size"] == 4
     assert report["device"] == "cpu" and report["batch_sizes"] == [1, 4]
+
+
+def test_interleaved_alternates_models_and_keeps_their_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A B B A A B ...: each round reverses the order; stats come back in the given order."""
+    small, large = nn.Linear(8, 4), nn.Sequential(*[nn.Linear(8, 8) for _ in range(40)])
+    order: list[int] = []
+    time_block = measure._time_block
+
+    def spy(model, args, number, target):  # type: ignore[no-untyped-def]
+        order.append(0 if model is small else 1)
+        return time_block(model, args, number, target)
+
+    monkeypatch.setattr(measure, "_time_block", spy)
+    fast, slow = measure_interleaved(
+        [small, large], torch.randn(1, 8), warmup=1, min_run_time=0.02, rounds=4, threads=1
+    )
+    assert order == [0, 1, 1, 0, 0, 1, 1, 0]
+    assert fast.runs == slow.runs == 4 and fast.threads == slow.threads == 1
+    assert fast.median_ms < slow.median_ms
+    assert small.training and large.training  # modes restored
+
+
+def test_interleaved_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="at least one model"):
+        measure_interleaved([], torch.randn(1, 8))
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        measure_interleaved([nn.Linear(8, 4)], torch.randn(1, 8), rounds=0)
