@@ -18,6 +18,7 @@ from amc.errors import AmcError
 from amc.measure import LatencyStats, count_flops, count_params, measure_latency, model_size
 from amc.plan import PruningPlan, UnitPlan, uniform_plan, validate_plan
 from amc.prune import apply_plan
+from amc.schedule import PruningRound, iterative_prune, round_schedule
 from amc.units import Unit, analyze, discover_units
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "AmcError",
     "LatencyStats",
     "PruningPlan",
+    "PruningRound",
     "Unit",
     "UnitPlan",
     "analyze",
@@ -33,9 +35,11 @@ __all__ = [
     "count_flops",
     "count_params",
     "discover_units",
+    "iterative_prune",
     "load_pruned",
     "measure_latency",
     "model_size",
+    "round_schedule",
     "save_pruned",
     "uniform_plan",
     "validate_plan",

@@ -22,7 +22,8 @@ import torch
 import amc
 from amc.artifacts import load_program
 from amc.cli import main
-from amc.plan import PruningPlan, uniform_plan
+from amc.plan import PruningPlan, UnitPlan, uniform_plan
+from amc.prune import masked_layers
 from amc.study import SearchRecord
 from amc.units import analyze
 from tests.tiny_models import LeNet, ResidualNet
@@ -199,6 +200,64 @@ def test_apply_writes_a_pruned_model_that_loads_back(
     # A second apply to the same pruned-model folder replaces it.
     code, _, _ = run(capsys, "apply", plan, "--model", MODEL, *SHAPE, "--out", out_dir)
     assert code == 0 and sorted(os.listdir(tmp_path)) == ["plan.json", "pruned"]
+
+
+def test_apply_in_rounds_writes_what_one_shot_writes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    plan_value = PruningPlan(
+        units={"conv1": UnitPlan(0.5), "conv2": UnitPlan(0.5, nm=(2, 4)), "fc1": UnitPlan(0.25)},
+        model=analyze(LeNet(), X).fingerprint,
+    )
+    plan = plan_value.save(tmp_path / "plan.json")
+    out_dir = tmp_path / "pruned"
+    code, out, _ = run(
+        capsys, "apply", plan, "--model", MODEL, *SHAPE, "--out", out_dir,
+        "--rounds", "3", "--finetune-steps", "6", "--data", "digits",
+    )  # fmt: skip
+    assert code == 0, out
+    assert f"densevsprunedby{plan}in3rounds" in "".join(out.split())  # the wrapped title
+    assert re.search(r"│ accuracy\s+│\s+[\d.]+ │\s+[\d.]+ │", out) is not None, out
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "manifest.json", "plan.json", "program.pt2", "weights.safetensors"
+    ]  # fmt: skip
+    assert PruningPlan.load(out_dir / "plan.json") == plan_value
+
+    loaded = amc.load_pruned(out_dir).eval()
+    one_shot = amc.apply_plan(LeNet(), plan_value, X)
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {
+        k: v.shape for k, v in one_shot.state_dict().items()
+    }
+    assert masked_layers(loaded) == {"conv2": ["2:4"]}
+    weight = loaded.conv2.weight.detach().movedim(1, -1).reshape(-1, 4)
+    assert ((weight != 0).sum(1) <= 2).all()
+    batch = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), load_program(out_dir).module()(batch))
+
+
+def test_apply_refuses_rounds_it_cannot_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, lenet_plan: PruningPlan
+) -> None:
+    plan = lenet_plan.save(tmp_path / "plan.json")
+    args = ["apply", plan, "--model", MODEL, *SHAPE, "--out", tmp_path / "out"]
+    assert error_of(capsys, *args, "--rounds", "0") == (
+        "--rounds 0 is not allowed: use 1 (one shot) or more."
+    )
+    assert error_of(capsys, *args, "--rounds", "3") == (
+        "--rounds 3 fine-tunes after every round: give --data and at least 3 --finetune-steps "
+        "to split over the rounds (got 0); e.g. --data digits --finetune-steps 300."
+    )
+    assert error_of(
+        capsys, *args, "--rounds", "3", "--data", "digits", "--finetune-steps", "2"
+    ) == (
+        "--rounds 3 fine-tunes after every round: give --data and at least 3 --finetune-steps "
+        "to split over the rounds (got 2); e.g. --data digits --finetune-steps 300."
+    )
+    assert error_of(capsys, *args, "--rounds", "3", "--finetune-steps", "6") == (
+        "--finetune-steps needs --data to fine-tune on; e.g. --data digits."
+    )
+    assert sorted(os.listdir(tmp_path)) == ["plan.json"]
 
 
 def test_apply_accepts_a_pickle_checkpoint_only_with_the_trust_flag(
