@@ -199,6 +199,14 @@ def apply(
         str | None, typer.Option("--data", help="Data spec for fine-tuning and accuracy.")
     ] = None,
     finetune_steps: Annotated[int, typer.Option("--finetune-steps", min=0)] = 0,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            help="Reach the plan in N prune/fine-tune rounds (iterative pruning); the "
+            "fine-tune steps are split evenly over the rounds. 1 prunes in one shot.",
+        ),
+    ] = 1,
     lr: Annotated[float, typer.Option("--lr", help="Fine-tune learning rate.")] = 0.01,
     input_shape: InputShape = "3,32,32",
     num_classes: NumClasses = 10,
@@ -210,7 +218,7 @@ def apply(
     from amc.artifacts import check_output_folder, save_pruned
     from amc.measure import count_flops, count_params, model_size
     from amc.plan import PruningPlan
-    from amc.prune import apply_plan
+    from amc.schedule import iterative_prune
     from amc.train import evaluate, finetune
     from amc.units import analyze
     from amc.zoo import get_data
@@ -218,6 +226,14 @@ def apply(
     chosen = PruningPlan.load(plan)  # validate the plan and --out before any heavy work
     check_output_folder(out)
     shape = parse_shape(input_shape)
+    if rounds < 1:
+        raise ConfigError(f"--rounds {rounds} is not allowed: use 1 (one shot) or more.")
+    if rounds > 1 and finetune_steps < rounds:
+        raise ConfigError(
+            f"--rounds {rounds} fine-tunes after every round: give --data and at least "
+            f"{rounds} --finetune-steps to split over the rounds (got {finetune_steps}); "
+            f"e.g. --data digits --finetune-steps {100 * rounds}."
+        )
     splits = get_data(data, input_shape=shape) if data else None
     if finetune_steps and splits is None:
         raise ConfigError("--finetune-steps needs --data to fine-tune on; e.g. --data digits.")
@@ -225,12 +241,19 @@ def apply(
     net = build_model(model, shape, classes, weights, trust)
     example = torch.zeros(1, *shape)
     graph = analyze(net, example)
-    pruned = apply_plan(net, chosen, example, graph=graph)
+
+    def tune(module: Any, steps: int, round_number: int) -> None:
+        assert splits is not None  # fine-tune steps without data were refused above
+        seed = round_number - 1  # a new data order each round
+        finetune(module, splits, steps=steps, lr=lr, seed=seed, progress=True)
+
+    fine_tune = tune if finetune_steps else None
+    pruned = iterative_prune(
+        net, chosen, example, rounds, fine_tune, steps=finetune_steps, graph=graph, progress=True
+    )
     rows: list[tuple[str, str, str]] = []
     if splits is not None:
         dense_acc = evaluate(net, splits).accuracy
-        if finetune_steps:
-            finetune(pruned, splits, steps=finetune_steps, lr=lr, progress=True)
         pruned.eval()
         rows.append(("accuracy", f"{dense_acc:.4f}", f"{evaluate(pruned, splits).accuracy:.4f}"))
     rows += [
@@ -250,7 +273,8 @@ def apply(
         model_spec=model,
         model_kwargs={"num_classes": classes, "in_channels": shape[0], "image_size": shape[1]},
     )
-    table = Table(title=f"{model}: dense vs pruned by {plan}")
+    schedule = f" in {rounds} rounds" if rounds > 1 else ""
+    table = Table(title=f"{model}: dense vs pruned by {plan}{schedule}")
     for column in ("metric", "dense", "pruned"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in rows:
