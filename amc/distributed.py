@@ -536,6 +536,9 @@ def _connect(address: str | None, runtime_env: dict[str, Any] | None) -> bool:
     options: dict[str, Any] = {"log_to_driver": False, "runtime_env": runtime_env}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         ray.init(
+            # "local": our own Ray even when `ray start` left a cluster on this machine (a bare
+            # ray.init() would join that one; joining is what --address auto is for)
+            address="local",
             num_cpus=os.cpu_count() or 1,
             include_dashboard=False,
             dashboard_host="127.0.0.1",
