@@ -78,7 +78,12 @@ from agents import get_agent  # noqa: E402
 from amc.errors import InfeasibleBudgetError  # noqa: E402
 from amc.evaluate import EvalResult, TaskSpec, Workload  # noqa: E402
 from amc.latency_table import LatencyTable  # noqa: E402
-from amc.measure import count_flops, count_params, measure_latency  # noqa: E402
+from amc.measure import (  # noqa: E402
+    count_flops,
+    count_params,
+    measure_interleaved,
+    measure_latency,
+)
 from amc.plan import PruningPlan  # noqa: E402
 from amc.prune import apply_plan  # noqa: E402
 from amc.search import reward_of  # noqa: E402
@@ -298,9 +303,13 @@ def tp_peer(model: nn.Module, example: torch.Tensor, target: Target, batch: int,
             return count_flops(pruned, example) / count_flops(model, example)  # type: ignore[operator]
         if target.metric == "params":
             return count_params(pruned) / count_params(model)
-        options = {"batch_size": batch, "threads": args.threads, **args.lat_search}
-        dense = measure_latency(model, example, **options).median_ms
-        return measure_latency(pruned, example, **options).median_ms / dense
+        # measured like every searched plan: interleaved with the dense model
+        lat = args.lat_search
+        pruned_stats, dense_stats = measure_interleaved(
+            [pruned, model], example, batch_size=batch, threads=args.threads,
+            warmup=lat["warmup"], min_run_time=lat["min_run_time"], rounds=lat["repeats"],
+        )  # fmt: skip
+        return pruned_stats.median_ms / dense_stats.median_ms
 
     low, high = 0.0, max_ratio
     best: tuple[float, nn.Module, float] | None = None
@@ -364,6 +373,10 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
                  args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     """Ask/evaluate/tell ``args.evals`` plans; return the trace and the best plan in budget."""
     start = time.perf_counter()
+    calibrated = space.latency_table is not None and space.target.metric == "latency"
+    if calibrated:  # every strategy starts from the table as measured, uncalibrated
+        space._latency_ratios.clear()
+        space.latency_table = replace(space.latency_table, scale=1.0)  # type: ignore[arg-type]
     agent = get_agent(name, space, seed=seed, **agent_settings(name, args.evals))
     cache: dict[tuple[Any, ...], EvalResult] = {}
     trace: list[dict[str, Any]] = []
@@ -376,6 +389,8 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         if not reused:
             cache[key] = workload.evaluate(proposal.plan)
         result = cache[key]
+        if calibrated and not reused and result.latency_ratio is not None:
+            space.calibrate_latency(proposal.plan, result.latency_ratio)  # as `amc search` does
         feedback = told(result)
         agent.tell([proposal], [feedback])
         trace.append(

@@ -61,7 +61,11 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
         row = run["strategies"][name]
         assert row["evals"] == 3 and len(row["trace"]) == 3  # the same budget for everyone
         assert 0.0 <= row["final_accuracy"] <= 1.0
-    assert run["strategies"]["uniform"]["distinct"] == 1  # one plan, evaluated once
+    # uniform asks for one plan; on a latency target each measured plan recalibrates the
+    # estimate (as `amc search` does), so it may re-aim; a repeated plan is evaluated once
+    uniform = run["strategies"]["uniform"]
+    assert 1 <= uniform["distinct"] <= 3
+    assert sum(not row["reused"] for row in uniform["trace"]) == uniform["distinct"]
     for batch in ("1", "2"):
         assert set(run["latency"][batch]) == {"dense", *benchmark.STRATEGIES}
         assert all(math.isfinite(v) and v > 0 for v in run["latency"][batch].values())
