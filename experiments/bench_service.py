@@ -11,8 +11,9 @@ of 1 and 2 workers, one torch thread each (so the speed-up is the workers' alone
 threads on a busy 2-core machine thrash, which would flatter the 2-worker run).
 Two overheads are reported, from each trial's ``EvalResult.times`` and the driver's wall time:
 
-- in-worker: the share of an evaluation's time outside fine-tune and latency timing (apply the
-  plan, count, BN recalibration, held-out evaluation, waiting for the device lock);
+- in-worker, split three ways: the share of an evaluation's time spent applying the plan and
+  counting FLOPs/params (the service's own work), in BN recalibration and held-out evaluation
+  (the evaluation protocol), and waiting for the device lock (latency isolation);
 - service: the share of worker time not spent evaluating at all (the driver's ask, tell, record
   and checkpoint, Ray transport, idle workers), ``1 - sum(total) / (workers * wall)``.
 
@@ -73,7 +74,10 @@ def throughput(args: argparse.Namespace, runs: Path, workers: int) -> dict[str, 
     trials = [t for t in record.trials() if t.state == "COMPLETE"]
     times = [dict(t.metrics["times"]) for t in trials]
     total = sum(t["total"] for t in times)
-    inside = sum(t.get("finetune", 0.0) + t.get("latency", 0.0) for t in times)
+
+    def share(*phases: str) -> float:
+        return sum(t.get(phase, 0.0) for t in times for phase in phases) / total
+
     return {
         "workers": workers,
         "threads": prepared.spec.threads,
@@ -85,7 +89,9 @@ def throughput(args: argparse.Namespace, runs: Path, workers: int) -> dict[str, 
         "finetune_s": statistics.median(t.get("finetune", 0.0) for t in times),
         "latency_s": statistics.median(t.get("latency", 0.0) for t in times),
         "wait_s": statistics.median(t.get("wait", 0.0) for t in times),
-        "in_worker": (total - inside) / total,
+        "machinery": share("apply", "count"),
+        "protocol": share("recalibrate", "evaluate"),
+        "waiting": share("wait"),
         "service": 1 - total / (workers * outcome.elapsed_s),
     }
 
@@ -159,15 +165,17 @@ def main() -> None:
     )
     print(
         "| workers | threads each | evals | evals/min | speed-up | eval s (median) | "
-        "fine-tune s | latency s | lock wait s | in-worker overhead | service overhead |"
+        "fine-tune s | latency s | lock wait s | apply+count | BN+evaluate | lock wait | "
+        "service overhead |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['workers']} | {row['threads']} | {row['evals']} | {row['per_min']:.1f} | "
             f"{row['per_min'] / rows[0]['per_min']:.2f}x | {row['eval_s']:.2f} | "
             f"{row['finetune_s']:.2f} | {row['latency_s']:.2f} | {row['wait_s']:.2f} | "
-            f"{row['in_worker']:.1%} | {row['service']:.1%} |"
+            f"{row['machinery']:.1%} | {row['protocol']:.1%} | {row['waiting']:.1%} | "
+            f"{row['service']:.1%} |"
         )
     print("\n| `amc search` | first trial started | first trial recorded (complete) |")
     print("|---|---|---|")
