@@ -4,6 +4,11 @@ Like Optuna's ask/tell: ``ask(n)`` returns up to ``n`` proposals (full pruning p
 ``tell(proposals, results)`` feeds back what the evaluator measured for each one, in the same
 order, ``None`` for a failed evaluation. Agents hold no evaluator and no storage, so the same
 agent runs in a plain loop, in ``amc.search.run_search`` on Ray, or in a test.
+
+Optional: ``rebuild_replay(proposals_with_results) -> int``. On resume the service calls it after
+``load_state_dict`` with a ``(proposal, result)`` pair per completed trial of the record, oldest
+first, so that an agent gets back what its checkpoint lacks (DDPG its replay buffer; the Optuna
+agents the trials told after the last checkpoint). It returns how many trials it took in.
 """
 
 from __future__ import annotations

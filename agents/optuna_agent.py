@@ -22,6 +22,14 @@ draws differently, the logged trials are added instead with
 ``study.add_trial(create_trial(...))`` (same numbers, params and outcomes, asked-but-untold ones
 left RUNNING), which resumes from the same data but not bit-identically, with a warning.
 
+A checkpoint can lag the record (it is written every few seconds, so a ``kill -9`` loses the
+last tells): :meth:`OptunaAgent.rebuild_replay` then tells the study the completed trials of the
+record it has not heard of, re-asking the sampler where it can so that it goes on where the
+original was, and fails the trials asked but never told (TPE's constant liar, Optuna 5's
+default, would count them as bad points for good). A proposal is told to the trial of its
+number only when the params match too; otherwise (e.g. the re-run of a trial in flight at the
+kill) it is added as data.
+
 Example:
     >>> agent = TPEAgent(space, seed=0, n_startup_trials=5)
     >>> proposals = agent.ask(2)
@@ -32,12 +40,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from agents import Setting, check_settings, check_state_format
 from agents.base import Agent, Proposal, Result, check_told
@@ -46,6 +54,9 @@ from amc.errors import ConfigError
 DENSE = "dense"
 PARETO_OBJECTIVES = ("accuracy", "latency_ms")
 PARETO_DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize")
+# Trials a lost checkpoint window can hold that did not complete (in flight at the kill, or
+# failed): a re-ask skips at most this many to reach a recorded trial (see rebuild_replay).
+MAX_REPLAY_GAP = 100
 
 
 class OptunaAgent(Agent):
@@ -143,17 +154,45 @@ class OptunaAgent(Agent):
         check_told(proposals, results)
         for proposal, result in zip(proposals, results, strict=True):
             values = self._values(result)
-            number = int(proposal.info["trial"])
-            if number not in self._running:
-                # not asked of this study (e.g. another agent's): record the data all the same
-                raw = dict(proposal.info["optuna_params"])
-                self._log.append({"ask": None, "params": raw})
-                number = self._add_running(raw)
-                self._log.append({"tell": None, "values": values})
-                self._running[number] = number
-            else:
+            raw = self._raw_params(proposal)
+            number: Any = proposal.info.get("trial")
+            if self._awaits(number, raw):
                 self._log.append({"tell": number, "values": values})
-            self._tell_one(number, values)
+                self._tell_one(number, values)
+            else:
+                # not asked of this study (another agent's, or the re-run of a trial asked
+                # after the checkpoint it was restored from): record the data all the same
+                self._add_told(raw, values)
+
+    def _awaits(self, number: Any, raw: Mapping[str, Any]) -> bool:
+        """Whether trial ``number`` was asked, is not yet told, and has the params ``raw``."""
+        if not isinstance(number, int) or number not in self._running:
+            return False
+        return self.study.get_trials(deepcopy=False)[number].params == dict(raw)
+
+    def _add_told(self, raw: Mapping[str, Any], values: list[float] | None) -> None:
+        """Add a trial with these params and tell it, without sampling (logged as such)."""
+        self._log.append({"ask": None, "params": dict(raw)})
+        number = self._add_running(raw)
+        self._running[number] = number
+        self._log.append({"tell": None, "values": values})
+        self._tell_one(number, values)
+
+    def _raw_params(self, proposal: Proposal) -> dict[str, Any]:
+        """The Optuna params behind a proposal: its own, else read off its decisions."""
+        distributions = self._distributions()
+        raw = proposal.info.get("optuna_params")
+        if raw is not None:
+            return {key: raw[key] for key in distributions if key in raw}
+        params: dict[str, Any] = {}
+        low = self.space.lower_bound
+        for key, distribution in distributions.items():
+            kind, name = key.split(":", 1)
+            if kind == "keep" and name in proposal.params:
+                params[key] = min(max(float(proposal.params[name]), low), 1.0)
+            elif kind == "nm" and key in proposal.params:
+                params[key] = distribution.choices[1] if proposal.params[key] else DENSE
+        return params
 
     def _tell_one(self, number: int, values: list[float] | None) -> None:
         trial = self._running.pop(number)
@@ -186,7 +225,123 @@ class OptunaAgent(Agent):
                 distributions={key: d for key, d in distributions.items() if key in raw},
             )
         )
-        return len(self.study.get_trials(deepcopy=False)) - 1
+        trial = self.study.get_trials(deepcopy=False)[-1]
+        self._join_generation(trial)
+        return trial.number
+
+    def _join_generation(self, trial: FrozenTrial) -> None:
+        """Make an added (unsampled) RUNNING trial count for a generation-based sampler."""
+
+    # -- resume: the trials a lagging checkpoint missed ---------------------------------------
+
+    def rebuild_replay(self, proposals_with_results: Iterable[tuple[Proposal, Result]]) -> int:
+        """Tell the study the completed trials it has not heard of (resume after a kill).
+
+        The checkpoint is written every few seconds, so after a ``kill -9`` the record can hold
+        completed trials the restored agent was never told. On resume, after
+        :meth:`load_state_dict` (or on a fresh agent) and before the next ask, pass every
+        completed trial of the record, oldest first. A pair the study already holds as
+        completed (the same trial number, params and values; or, for a trial added as data,
+        the same params and values) is skipped, once per trial, so identical trials count as
+        often as they were recorded. Each other pair, in order:
+
+        - if its trial is RUNNING here (asked before the checkpoint), that trial is told;
+        - if it is ahead of the study (asked after the checkpoint), the sampler is asked again,
+          which with the same seed and history draws the same params, and the trial is told;
+          trials between (failed, or in flight at the kill) are asked and failed. So the
+          sampler goes on where the original was instead of repeating its draws;
+        - otherwise, or once a re-ask drew other params (that ask is then failed), it is
+          added with its params and values without sampling.
+
+        Finally every trial still RUNNING (asked, but with no completed result in the record)
+        is failed: TPE with ``constant_liar`` (Optuna 5's default) would count it as a bad
+        point for good. The re-run of one in flight at the kill is told as data when it ends.
+        Everything is logged, so :meth:`state_dict` keeps it and a second call adds nothing.
+
+        Args:
+            proposals_with_results: ``(proposal, result)`` per completed trial, the result a
+                mapping with ``"reward"`` and the metrics (as told); ``None`` results are
+                skipped.
+
+        Returns:
+            How many trials were told or added.
+        """
+        pairs = []
+        for proposal, result in proposals_with_results:
+            values = self._values(result)
+            if values is not None:
+                pairs.append((proposal, self._raw_params(proposal), values))
+        unknown = self._unknown(pairs)
+        replaying = True
+        for proposal, raw, values in unknown:
+            number: Any = proposal.info.get("trial")
+            if self._awaits(number, raw):
+                self._log.append({"tell": number, "values": values})
+                self._tell_one(number, values)
+                continue
+            if replaying and "optuna_params" in proposal.info:
+                outcome = self._ask_again(number, raw, values)
+                if outcome == "told":
+                    continue
+                replaying = outcome == "not_next"
+            self._add_told(raw, values)
+        for number in sorted(self._running):
+            self._fail(number)
+        return len(unknown)
+
+    def _fail(self, number: int) -> None:
+        self._log.append({"tell": number, "values": None})
+        self._tell_one(number, None)
+
+    def _unknown(
+        self, pairs: list[tuple[Proposal, dict[str, Any], list[float]]]
+    ) -> list[tuple[Proposal, dict[str, Any], list[float]]]:
+        """The pairs no completed trial of the study accounts for (each trial counts once)."""
+        complete = {
+            trial.number: trial
+            for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        }
+        left = []
+        for pair in pairs:  # first the very trial the proposal came from
+            proposal, raw, values = pair
+            trial = complete.get(proposal.info.get("trial", -1))
+            if trial is not None and _key(trial.params, trial.values) == _key(raw, values):
+                del complete[trial.number]
+            else:
+                left.append(pair)
+        by_data: dict[Any, int] = {}  # then trials added as data, matched by params and values
+        for trial in complete.values():
+            key = _key(trial.params, trial.values)
+            by_data[key] = by_data.get(key, 0) + 1
+        unknown = []
+        for pair in left:
+            key = _key(pair[1], pair[2])
+            if by_data.get(key, 0) > 0:
+                by_data[key] -= 1
+            else:
+                unknown.append(pair)
+        return unknown
+
+    def _ask_again(self, number: Any, raw: Mapping[str, Any], values: list[float]) -> str:
+        """Re-ask the sampler up to trial ``number``; tell it when it drew ``raw`` again.
+
+        Returns ``"told"``, ``"not_next"`` (``number`` is not ahead of the study: nothing
+        asked) or ``"diverged"`` (the sampler drew other params: that ask is failed).
+        """
+        ahead = len(self.study.get_trials(deepcopy=False))
+        if not isinstance(number, int) or not 0 <= number - ahead <= MAX_REPLAY_GAP:
+            return "not_next"
+        for _ in range(number - ahead):
+            # no completed result: failed (told at once, as a sequential search does) or in
+            # flight at the kill (its re-run is told as data)
+            self._fail(self._ask_one().info["trial"])
+        drawn = self._ask_one()
+        if dict(drawn.info["optuna_params"]) != dict(raw):
+            self._fail(number)
+            return "diverged"
+        self._log.append({"tell": number, "values": values})
+        self._tell_one(number, values)
+        return "told"
 
     # -- results -----------------------------------------------------------------------------
 
@@ -323,6 +478,16 @@ class CmaEsAgent(OptunaAgent):
             warn_independent_sampling=False,
         )
 
+    def _join_generation(self, trial: FrozenTrial) -> None:
+        # CMA-ES updates its distribution from the trials tagged with its current generation
+        # (the newest tag; 0 before its first one) and ignores the others: an added trial
+        # joins it, as the sampled trials it stands for would have. The key and the call are
+        # the sampler's own (Optuna has no public API for it); without the key, data only.
+        key = getattr(self.study.sampler, "_attr_key_generation", None)
+        if isinstance(key, str):
+            tags = [t.system_attrs.get(key, 0) for t in self.study.get_trials(deepcopy=False)]
+            self.study._storage.set_trial_system_attr(trial._trial_id, key, max(tags))
+
 
 class NSGA2Agent(OptunaAgent):
     """Optuna's NSGA-II: the accuracy-vs-latency Pareto front."""
@@ -346,6 +511,18 @@ class NSGA2Agent(OptunaAgent):
             crossover_prob=self.settings["crossover_prob"],
             mutation_prob=self.settings["mutation_prob"],
         )
+
+    def _join_generation(self, trial: FrozenTrial) -> None:
+        # NSGA-II builds its populations from generation tags only: tag an added trial as the
+        # sampler tags a new one (BaseGASampler.get_trial_generation; without it, data only).
+        assign = getattr(self.study.sampler, "get_trial_generation", None)
+        if assign is not None:
+            assign(self.study, trial)
+
+
+def _key(params: Mapping[str, Any], values: Sequence[float] | None) -> Any:
+    """A trial's identity as data: its params and values."""
+    return tuple(sorted(params.items())), tuple(values or ())
 
 
 def _nm_text(nm: Any) -> str:
