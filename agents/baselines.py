@@ -29,8 +29,6 @@ from agents import (
     Setting,
     check_settings,
     check_state_format,
-    generator_state,
-    restore_generator,
 )
 from agents.base import Agent, Proposal, Result, check_told
 
@@ -89,34 +87,27 @@ class UniformAgent(_Baseline):
 
 class RandomAgent(_Baseline):
     """Independent uniform keep ratios in ``[lower_bound, 1]`` per unit, repaired onto the
-    budget with ``space.repair``."""
+    budget with ``space.repair``.
+
+    Episode e draws from a generator seeded with ``(seed, e)``: the plans depend on the episode
+    number alone, so a search resumed from a checkpoint older than its last trials (whose
+    episode counter is moved past the recorded ones) draws new plans, not the lost ones again.
+    """
 
     name = "random"
-
-    def __init__(self, space: Any, seed: int = 0, **settings: Any) -> None:
-        super().__init__(space, seed, **settings)
-        self.rng = np.random.default_rng(seed)
 
     def ask(self, n: int = 1) -> list[Proposal]:
         """``n`` random plans, each repaired onto the budget."""
         proposals = []
         low = self.space.lower_bound
         for _ in range(n):
+            rng = np.random.default_rng((self.seed, self.episode))
             keep = {
-                unit.name: float(self.rng.uniform(low, 1.0)) if unit.channel_prunable else 1.0
+                unit.name: float(rng.uniform(low, 1.0)) if unit.channel_prunable else 1.0
                 for unit in self.space.units
             }
             proposals.append(self._propose(self.space.repair(keep)))
         return proposals
-
-    def state_dict(self) -> dict[str, Any]:
-        """The episode counter and the generator's state."""
-        return super().state_dict() | {"rng": generator_state(self.rng)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        super().load_state_dict(state)
-        restore_generator(self.rng, state["rng"])
 
 
 class GlobalMagnitudeAgent(_Baseline):

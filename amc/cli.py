@@ -479,7 +479,7 @@ def _run_experiment(config: Any, *, progress: bool, resume: bool) -> None:
                 f"checkpointed. Continue with: amc resume {prepared.study} --storage {storage}"
             )
             raise
-    finished = experiment.finish(prepared, record)
+    finished = experiment.finish(prepared, record, progress=progress)
     console.print(comparison_table(finished.rows, title=f"{prepared.study}: dense vs pruned"))
     console.print(
         f"{outcome.completed} episodes recorded in study {prepared.study!r} ({storage}), "

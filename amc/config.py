@@ -41,6 +41,12 @@ class FinetuneConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     bn_batches: int = Field(4, ge=0, description="adaptive-BN recalibration batches, 0 = off")
     eval_batches: int | None = Field(8, ge=1, description="held-out batches, null = all")
+    final_steps: int = Field(
+        0,
+        ge=0,
+        description="after the search: fine-tune steps given alike to the best and the uniform "
+        "plan, scored on the whole test split (the saved pruned model is the fine-tuned one)",
+    )
 
 
 class LatencyConfig(_Strict):

@@ -268,9 +268,10 @@ def search(
         state = record.load_agent_state()
         if state is not None:
             agent.load_state_dict(state)
-            rebuild = getattr(agent, "rebuild_replay", None)
-            if rebuild is not None:
-                rebuild(_told(record, Proposal))
+        rebuild = getattr(agent, "rebuild_replay", None)
+        if rebuild is not None and (state is not None or record.count_completed()):
+            # also without a checkpoint: a kill before the first save left trials behind
+            rebuild(_told(record, Proposal))
         _continue_episodes(agent, record)
         outcome = run_search(
             agent,
@@ -323,8 +324,16 @@ def _continue_episodes(agent: Any, record: SearchRecord) -> None:
         agent.episode = max(episodes) + 1
 
 
-def finish(experiment: Experiment, record: SearchRecord, *, plots: bool = True) -> Finished:
-    """Export the best plan, apply it (pruned model folder) and write the report."""
+def finish(
+    experiment: Experiment, record: SearchRecord, *, plots: bool = True, progress: bool = False
+) -> Finished:
+    """Export the best plan, apply it (pruned model folder) and write the report.
+
+    With ``finetune.final_steps`` the best plan and the uniform plan at the same budget get the
+    same fine-tune (steps, learning rate, data order), are scored on the whole test split and
+    the scores are stored in the study (``final``), so that the table compares them after
+    recovery rather than after the search's short fine-tune; the saved model is the tuned one.
+    """
     from amc.report import comparison_rows, write_report
 
     out = Path(experiment.config.runs_dir) / record.name
@@ -338,6 +347,8 @@ def finish(experiment: Experiment, record: SearchRecord, *, plots: bool = True) 
         finished.plan_path = plan.save(out / "best_plan.json")
         workload = experiment.workload
         pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
+        if experiment.config.finetune.final_steps:
+            _final_finetune(experiment, record, pruned, trial.number, progress=progress)
         finished.pruned_dir = save_pruned(
             pruned,
             plan,
@@ -350,6 +361,34 @@ def finish(experiment: Experiment, record: SearchRecord, *, plots: bool = True) 
         finished.plots = write_report(record, out / "plots")
     finished.rows = comparison_rows(record)
     return finished
+
+
+def _final_finetune(
+    experiment: Experiment, record: SearchRecord, best: Any, trial: int, *, progress: bool
+) -> None:
+    """Fine-tune ``best`` (in place) and the uniform plan alike; store both test accuracies."""
+    from amc.train import evaluate, finetune, recalibrate_bn
+
+    spec, workload = experiment.spec, experiment.workload
+    steps = experiment.config.finetune.final_steps
+    models = {"best": best}
+    uniform = record.attrs.get("uniform", {}).get("plan")
+    if uniform:
+        models["uniform"] = apply_plan(
+            workload.model, PruningPlan.from_json(uniform), workload.example_inputs,
+            graph=workload.graph,
+        )  # fmt: skip
+    scores: dict[str, Any] = {"steps": steps, "trial": trial}
+    scores["dense"] = evaluate(workload.model, workload.data).accuracy
+    for name, model in models.items():
+        if spec.bn_batches:
+            recalibrate_bn(model, workload.data, spec.bn_batches, spec.batch_size, seed=spec.seed)
+        finetune(
+            model, workload.data, steps, lr=spec.finetune_lr, batch_size=spec.batch_size,
+            seed=spec.seed, progress=progress,
+        )  # fmt: skip
+        scores[name] = evaluate(model, workload.data).accuracy
+    record.set_attr("final", scores)
 
 
 def resume_config(storage: str | None, study: str) -> ExperimentConfig:

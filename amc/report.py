@@ -187,13 +187,19 @@ def comparison_rows(record: SearchRecord) -> list[dict[str, Any]]:
     best = record.best(1)
     if best:
         rows.append({"name": f"best (trial {best[0].number})", **_metrics(best[0].metrics)})
+    final = attrs.get("final")
+    if isinstance(final, Mapping) and best and final.get("trial") == best[0].number:
+        for row in rows:  # the same fine-tune for best and uniform, scored on the test split
+            key = "best" if row["name"].startswith("best") else row["name"]
+            row["final_accuracy"] = final.get(key)
+            row["final_steps"] = final.get("steps")
     return rows
 
 
 def comparison_table(rows: Sequence[Mapping[str, Any]], title: str = "Dense vs pruned") -> Table:
     """A rich table: accuracy, latency (and speed-up), FLOPs and params per row."""
     table = Table(title=title)
-    for column in ("model", "accuracy", "latency", "speed-up", "FLOPs", "params"):
+    for column in _comparison_header(rows):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in _comparison_cells(rows):
         table.add_row(*row)
@@ -261,10 +267,7 @@ def summary_markdown(record: SearchRecord, plots: Sequence[Path] = (), n_best: i
     rows = comparison_rows(record)
     if rows:
         lines += ["## Dense vs pruned", ""]
-        lines += _markdown(
-            ["model", "accuracy", "latency", "speed-up", "FLOPs", "params"],
-            _comparison_cells(rows),
-        )
+        lines += _markdown(_comparison_header(rows), _comparison_cells(rows))
     best = record.best(n_best)
     lines += [f"## Best {len(best)} trials", ""]
     if best:
@@ -458,6 +461,15 @@ def _percent(value: Any) -> str:
     return f"{number * 100:.2f}%" if 0.0 <= number <= 1.0 else f"{number:.4g}"
 
 
+def _comparison_header(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    header = ["model", "accuracy", "latency", "speed-up", "FLOPs", "params"]
+    steps = next((row["final_steps"] for row in rows if row.get("final_steps")), None)
+    if steps:  # accuracy after the search's short fine-tune, then after the final one
+        header[1] = "accuracy (search)"
+        header.insert(2, f"accuracy after {steps} steps")
+    return header
+
+
 def _comparison_cells(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     dense_latency = next(
         (r.get("latency_ms") for r in rows if r.get("name") == "dense" and r.get("latency_ms")),
@@ -470,10 +482,12 @@ def _comparison_cells(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
             speedup = f"{1 / ratio:.2f}x"
         else:
             speedup = f"{dense_latency / latency:.2f}x" if dense_latency and latency else "-"
+        final = [_percent(row.get("final_accuracy"))] if row.get("final_steps") else []
         cells.append(
             [
                 str(row.get("name", "")),
                 _percent(row.get("accuracy")),
+                *final,
                 f"{latency:.3f} ms" if latency is not None else "-",
                 speedup,
                 _si(row.get("flops")),

@@ -273,6 +273,7 @@ def test_demo_end_to_end(
     raw = yaml.safe_load(demo.read_text(encoding="utf-8"))
     overrides = tiny_overrides(load_config(demo), shared_runs, tmp_path, tmp_path, "demo-tiny")
     overrides |= {"episodes": 3, "data_limit": 64, "finetune.eval_batches": 2}
+    overrides["finetune.final_steps"] = 2  # the demo's longer last fine-tune, shortened
     for key, value in overrides.items():
         node = raw
         *parents, leaf = key.split(".")
@@ -289,6 +290,10 @@ def test_demo_end_to_end(
     record = SearchRecord.open(overrides["storage"], "demo-tiny")
     assert record.count_completed() == 3
     assert record.attrs["target"] == "latency=0.5" and "uniform" in record.attrs
+    final = record.attrs["final"]  # best and uniform after the same final fine-tune
+    assert final["steps"] == 2 and final["trial"] == record.best(1)[0].number
+    assert all(0.0 <= final[name] <= 1.0 for name in ("dense", "best", "uniform"))
+    assert "accuracy after 2 steps" in out
     folder = shared_runs / "demo-tiny"
     plan_path = folder / "best_plan.json"
     assert plan_path.is_file() and str(plan_path) in out

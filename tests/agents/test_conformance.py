@@ -255,3 +255,18 @@ def test_optuna_agent_records_proposals_it_did_not_ask(lenet_space: Any) -> None
     resumed = make("tpe", lenet_space)
     resumed.load_state_dict(round_trip(agent.state_dict()))
     assert signature(resumed.ask(2)) == signature(agent.ask(2))
+
+
+def test_random_plans_depend_on_the_episode_so_a_resume_draws_new_ones(lenet_space: Any) -> None:
+    """A checkpoint older than the last trials: the episode bump alone skips the used draws."""
+    agent = make("random", lenet_space)
+    checkpoint = round_trip(agent.state_dict())
+    lost = [p.params for p in agent.ask(3)]  # evaluated after the checkpoint, then a kill
+    resumed = make("random", lenet_space)
+    resumed.load_state_dict(checkpoint)
+    resumed.episode = 3  # what amc.experiment does after a kill: past every recorded episode
+    fresh = [p.params for p in resumed.ask(3)]
+    assert not any(plan in lost for plan in fresh)
+    replay = make("random", lenet_space)
+    replay.load_state_dict(checkpoint)
+    assert [p.params for p in replay.ask(3)] == lost  # same episodes, same plans

@@ -119,3 +119,18 @@ def test_rich_tables(record: SearchRecord) -> None:
     text = render(studies_table(list_studies(record.storage_url)))
     assert "demo" in text and "reward (max)" in text and "-0.15" in text
     assert summary_markdown(record, n_best=1).count("\n| 3 |") == 1
+
+
+def test_final_finetune_scores_get_their_own_column(record: SearchRecord) -> None:
+    """With `finetune.final_steps`, best and uniform after the same fine-tune sit side by side."""
+    record.set_attr(
+        "final", {"steps": 150, "trial": 3, "dense": 0.9, "best": 0.88, "uniform": 0.8}
+    )
+    rows = comparison_rows(record)
+    assert [row["final_accuracy"] for row in rows] == [0.9, 0.8, 0.88]
+    summary = summary_markdown(record)
+    assert "| model | accuracy (search) | accuracy after 150 steps | latency |" in summary
+    assert "| best (trial 3) | 85.00% | 88.00% | 1.100 ms | 1.82x |" in summary
+    assert "accuracy after 150 steps" in render(comparison_table(rows))
+    record.set_attr("final", {"steps": 150, "trial": 1, "best": 0.5})  # another trial's: unused
+    assert all("final_accuracy" not in row for row in comparison_rows(record))
