@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, CI): set up .venv, start a local PostgreSQL for the
-# storage tests, lint, type-check, run the whole suite.
+# storage tests, lint, type-check, run the whole suite, then the README's Ray cluster commands
+# on a one-machine cluster (scripts/cluster_smoke.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,3 +12,4 @@ fi
 .venv/bin/ruff format --check .
 .venv/bin/mypy amc
 .venv/bin/python -m pytest -q "$@"
+bash scripts/cluster_smoke.sh
