@@ -108,7 +108,7 @@ class LatencyTable:
                 self.saving(name, keep.get(name, 1.0), bool(nm_choices.get(name, False)))
                 for name in names
             )
-            return max(0.0, self.dense_ms - saved)
+            return self.scale * max(0.0, self.dense_ms - saved)
         fixed, slope = self.fit
         total = fixed + slope * flops_fraction
         for name in names:

@@ -311,6 +311,12 @@ class SearchSpace:
             self._latency_ratios.append(measured_fraction / estimated)
         scale = float(np.median(self._latency_ratios)) if self._latency_ratios else 1.0
         self.latency_table = replace(table, scale=max(scale, 0.5))
+        smallest = self.smallest_fraction()
+        if smallest > self.target.fraction:
+            # Noisy measurements must not make the budget unreachable (asks would fail): keep
+            # the smallest plan just inside it; plans measured over it are recorded as such.
+            capped = self.latency_table.scale * self.target.fraction / smallest * (1 - 1e-6)
+            self.latency_table = replace(table, scale=capped)
         return self.latency_table.scale
 
     def smallest_fraction(self) -> float:

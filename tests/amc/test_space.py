@@ -377,3 +377,27 @@ def test_action_keep_mapping_round_trips() -> None:
         assert space.keep_to_action(space.action_to_keep(action)) == pytest.approx(action)
     assert space.action_to_keep(-1.0) == space.lower_bound
     assert space.action_to_keep(2.0) == 1.0
+
+
+def test_latency_calibration_follows_the_median_measured_over_estimated() -> None:
+    space = space_for("resnet20", feasible_target("resnet20", "latency", 0.5))
+    plan = space.make_plan(space.repair({name: 0.8 for name in space.names}))
+    keep = {name: unit.keep_ratio for name, unit in plan.units.items()}
+    estimated = space.cost_fraction(keep)
+    for measured in (1.1, 1.3, 1.2):  # the device runs such plans 10-30% slower than estimated
+        scale = space.calibrate_latency(plan, measured * estimated)
+    assert scale == pytest.approx(1.2)
+    assert space.cost_fraction(keep) == pytest.approx(1.2 * estimated)
+    again = space.make_plan(space.repair({name: 0.8 for name in space.names}))
+    assert space.fits({n: u.keep_ratio for n, u in again.units.items()})  # re-aimed, in budget
+
+
+def test_latency_calibration_never_makes_the_budget_unreachable() -> None:
+    """Wild measurements (a loaded machine) cap the scale: every later ask still fits."""
+    space = space_for("resnet20", feasible_target("resnet20", "latency", 0.2))
+    plan = space.make_plan(space.repair({name: 0.5 for name in space.names}))
+    for _ in range(3):
+        space.calibrate_latency(plan, 5.0)  # measured at 5x the dense latency
+    assert space.smallest_fraction() <= space.target.fraction
+    fitted = space.make_plan(space.repair({name: 1.0 for name in space.names}))
+    assert space.fits({n: u.keep_ratio for n, u in fitted.units.items()})
