@@ -536,7 +536,16 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
             fallback = LatencyTable.synthetic(graph, dense_ms=table.dense_ms)
             what = "a FLOPs-proportional model scaled to the measured dense latency"
         log(f"  latency table: {error} -> using {what}")
-        space = build(latency_table=fallback)
+        try:
+            space = build(latency_table=fallback)
+        except InfeasibleBudgetError as again:  # the line too: FLOPs-proportional, calibrated
+            fallback = LatencyTable.synthetic(graph, dense_ms=table.dense_ms)
+            what = (
+                f"a FLOPs-proportional model scaled to the measured dense latency (the fitted "
+                f"line predicted it unreachable as well: {again})"
+            )
+            log(f"  latency line: {again} -> using {what}")
+            space = build(latency_table=fallback)
         task.latency_model[key] = (
             f"{what} (auto fallback: with its per-unit residuals the measured table predicted "
             f"the target unreachable: {error})"
