@@ -54,7 +54,7 @@ from agents import (
 )
 from agents.base import Agent, Proposal, Result, check_told
 from amc.errors import ConfigError
-from amc.evaluate import torch_threads
+from amc.measure import torch_threads
 
 STATE_FORMAT = "amc.agent.ddpg/1"
 

@@ -47,6 +47,7 @@ from amc.measure import (
     measure_interleaved,
     measure_latency,
     model_size,
+    torch_threads,
 )
 from amc.plan import CRITERIA, PruningPlan
 from amc.prune import apply_plan
@@ -569,20 +570,6 @@ class _Timer:
         self._held.enter_context(self.guard(self._phase))
         self._since = time.perf_counter()
         self.times["wait"] += self._since - waited
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` torch intra-op threads, restoring the previous count."""
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------------------------

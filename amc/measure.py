@@ -167,19 +167,12 @@ def measure_latency(
         >>> stats.runs >= 5, stats.device
         (True, 'cpu')
     """
-    target = resolve_device(device)
     if warmup < 0 or repeats < 1 or min_run_time <= 0:
         raise ValueError(
             f"Expected warmup >= 0, repeats >= 1 and min_run_time > 0; got warmup={warmup}, "
             f"repeats={repeats}, min_run_time={min_run_time}."
         )
-    num_threads = torch.get_num_threads() if threads is None else threads
-    if num_threads < 1:
-        raise ValueError(f"Expected threads >= 1, got {num_threads}.")
-    args = _as_args(example_inputs)
-    if batch_size is not None:
-        args = tuple(_resize_batch(arg, batch_size) for arg in args)
-    args = tuple(arg.to(target) if isinstance(arg, torch.Tensor) else arg for arg in args)
+    target, num_threads, args = _timing_inputs(example_inputs, device, batch_size, threads)
     batch = _batch_of(args)
 
     with _on_device(model, target) as runnable, _cuda_device(target), torch.inference_mode():
@@ -196,7 +189,7 @@ def measure_latency(
         missing = repeats - len(measurement.raw_times)
         if missing > 0:
             number = measurement.number_per_run
-            with _threads(num_threads):
+            with torch_threads(num_threads):
                 extra = [_time_block(runnable, args, number, target) for _ in range(missing)]
             measurement = benchmark.Measurement(
                 number_per_run=number,
@@ -250,19 +243,12 @@ def measure_interleaved(
         >>> a.runs == b.runs == 10
         True
     """
-    target = resolve_device(device)
     if not models or warmup < 0 or rounds < 1 or min_run_time <= 0:
         raise ValueError(
             f"Expected at least one model, warmup >= 0, rounds >= 1 and min_run_time > 0; got "
             f"{len(models)} models, warmup={warmup}, rounds={rounds}, min_run_time={min_run_time}."
         )
-    num_threads = torch.get_num_threads() if threads is None else threads
-    if num_threads < 1:
-        raise ValueError(f"Expected threads >= 1, got {num_threads}.")
-    args = _as_args(example_inputs)
-    if batch_size is not None:
-        args = tuple(_resize_batch(arg, batch_size) for arg in args)
-    args = tuple(arg.to(target) if isinstance(arg, torch.Tensor) else arg for arg in args)
+    target, num_threads, args = _timing_inputs(example_inputs, device, batch_size, threads)
     block = min_run_time / (rounds * len(models))
     with contextlib.ExitStack() as stack:
         stack.enter_context(_cuda_device(target))
@@ -283,7 +269,7 @@ def measure_interleaved(
             specs.append(once.task_spec)
         raw: list[list[float]] = [[] for _ in models]
         order = list(range(len(models)))
-        with _threads(num_threads):
+        with torch_threads(num_threads):
             for index in range(rounds):
                 for which in order if index % 2 == 0 else reversed(order):
                     raw[which].append(_time_block(runnables[which], args, numbers[which], target))
@@ -322,14 +308,35 @@ def _time_block(model: Any, args: tuple[Any, ...], number: int, target: torch.de
 
 
 @contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
-    """Intra-op CPU threads for the block, as ``Timer(num_threads=...)`` sets them."""
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch intra-op threads, restoring the previous count (None: as is)."""
+    if threads is None:
+        yield
+        return
     previous = torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _timing_inputs(
+    example_inputs: Inputs,
+    device: str | torch.device,
+    batch_size: int | None,
+    threads: int | None,
+) -> tuple[torch.device, int, tuple[Any, ...]]:
+    """The device, thread count and positional inputs (at ``batch_size``, on the device)."""
+    target = resolve_device(device)
+    num_threads = torch.get_num_threads() if threads is None else threads
+    if num_threads < 1:
+        raise ValueError(f"Expected threads >= 1, got {num_threads}.")
+    args = _as_args(example_inputs)
+    if batch_size is not None:
+        args = tuple(_resize_batch(arg, batch_size) for arg in args)
+    args = tuple(arg.to(target) if isinstance(arg, torch.Tensor) else arg for arg in args)
+    return target, num_threads, args
 
 
 def _as_args(example_inputs: Inputs) -> tuple[Any, ...]:
