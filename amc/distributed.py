@@ -12,12 +12,16 @@ session, a notebook) is reused and left running on :meth:`RayEvaluator.close`.
 
 Latency isolation: a measurement must not share its device with another measurement or a
 fine-tune. CUDA workers take one whole GPU each (``num_gpus=1``), so Ray gives every GPU to one
-worker: exclusive by construction. Several CPU workers on one node share its cores, so the
-driver creates one :class:`DeviceLock` actor per (node, device), a readers-writer lock: each work
-phase (apply, count, recalibrate, fine-tune, evaluate) holds it shared, the latency phase holds
-it exclusive, and a waiting measurement blocks new work phases (writer preference), so it waits
-at most for the phases already running. ``isolation="measurements"`` locks only measurements
-against each other (more throughput, noisier latency); ``"none"`` turns the lock off.
+worker: exclusive by construction. Several CPU workers on one node share its cores, so each
+(node, device) has one :class:`DeviceLock` actor, a readers-writer lock: each work phase (apply,
+count, recalibrate, fine-tune, evaluate) holds it shared, the latency phase holds it exclusive,
+and a waiting measurement blocks new work phases (writer preference), so it waits at most for
+the phases already running. The lock is a detached actor named after its node and device, so
+every search on one cluster (each driver its own RayEvaluator) takes the same lock; closing an
+evaluator releases its holdings but leaves the lock up, and the holdings of a driver that was
+killed are dropped once a request that waited 5 s finds their workers dead.
+``isolation="measurements"`` locks only measurements against each other (more throughput,
+noisier latency); ``"none"`` turns the lock off.
 
 Faults: a worker process that dies (``ActorDiedError``, ``WorkerCrashedError``) is killed for
 good, its lock holdings are released, a replacement actor is started and the plan is run again
@@ -38,12 +42,17 @@ import functools
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+from ray.exceptions import (
+    ActorUnavailableError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from amc.errors import AmcError, ConfigError
@@ -52,6 +61,10 @@ from amc.plan import PruningPlan
 
 ISOLATION = ("exclusive", "measurements", "none")
 WORKER_DIED = (RayActorError, WorkerCrashedError)  # RayActorError covers ActorDiedError
+LOCK_NAMESPACE = "amc"  # device locks are named actors here, shared by every search on a cluster
+LOCK_NAME = "amc-device-lock-v1/{node}/{device}"  # bump v1 when DeviceLock's methods change
+HOLDER_CHECK_S = 5.0  # a lock request waiting this long checks that the holders are alive
+HOLDER_PROBE_S = 1.0  # a holder that does not answer within this is busy, so alive
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,22 +79,47 @@ class DeviceLock:
     until it may hold the lock: shared holders run together, an exclusive holder runs alone,
     and a waiting exclusive request blocks new shared ones. ``forget(token)`` drops everything a
     dead worker held or waited for.
+
+    A worker whose driver was killed never releases, and no driver forgets it. So a holder may
+    pass a handle on itself, and while a request waits, every ``check_after`` seconds the lock
+    asks ``holder_alive(handle)`` about each holder and forgets those it reports dead.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        holder_alive: Callable[[Any], Awaitable[bool]] | None = None,
+        check_after: float = HOLDER_CHECK_S,
+    ) -> None:
         self._shared: dict[str, int] = {}
         self._exclusive: str | None = None
         self._writers_waiting = 0
         self._gone: set[str] = set()
         self._condition: asyncio.Condition | None = None
+        self._holders: dict[str, Any] = {}  # token -> handle, for tokens holding the lock
+        self._holder_alive = holder_alive
+        self._check_after = check_after
 
     def _changed(self) -> asyncio.Condition:
         if self._condition is None:  # created inside the actor's event loop
             self._condition = asyncio.Condition()
         return self._condition
 
-    async def acquire(self, token: str, exclusive: bool) -> bool:
-        """Wait for the lock; False if ``token`` was forgotten meanwhile."""
+    async def acquire(self, token: str, exclusive: bool, holder: Any = None) -> bool:
+        """Wait for the lock; False if ``token`` was forgotten meanwhile.
+
+        ``holder`` (the worker's own actor handle) lets later waiters check that it is alive.
+        """
+        watchdog = asyncio.ensure_future(self._forget_dead_holders())
+        try:
+            taken = await self._take(token, exclusive)
+        finally:
+            watchdog.cancel()
+        if taken and holder is not None:
+            self._holders[token] = holder
+        return taken
+
+    async def _take(self, token: str, exclusive: bool) -> bool:
+        """Wait for the lock and hold it; False if ``token`` was forgotten meanwhile."""
         changed = self._changed()
         async with changed:
             if exclusive:
@@ -120,6 +158,8 @@ class DeviceLock:
                 self._shared[token] -= 1
                 if not self._shared[token]:
                     del self._shared[token]
+            if self._exclusive != token and token not in self._shared:
+                self._holders.pop(token, None)
             changed.notify_all()
 
     async def forget(self, token: str) -> None:
@@ -128,6 +168,7 @@ class DeviceLock:
         async with changed:
             self._gone.add(token)
             self._shared.pop(token, None)
+            self._holders.pop(token, None)
             if self._exclusive == token:
                 self._exclusive = None
             changed.notify_all()
@@ -135,6 +176,30 @@ class DeviceLock:
     def state(self) -> dict[str, Any]:
         """Who holds the lock now: ``{"exclusive": token|None, "shared": {token: count}}``."""
         return {"exclusive": self._exclusive, "shared": dict(self._shared)}
+
+    async def _forget_dead_holders(self) -> None:
+        """While a request waits: every ``check_after`` s, forget the holders found dead."""
+        if self._holder_alive is None:
+            return
+        while True:
+            await asyncio.sleep(self._check_after)
+            tokens = [t for t in (self._exclusive, *self._shared) if t in self._holders]
+            handles = [self._holders[token] for token in tokens]
+            alive = await asyncio.gather(*(self._holder_alive(handle) for handle in handles))
+            for token, is_alive in zip(tokens, alive, strict=True):
+                if not is_alive:
+                    await self.forget(token)
+
+
+async def _actor_alive(actor: Any) -> bool:
+    """False only when ``actor`` is dead; one too busy to answer in time counts as alive."""
+    try:
+        await asyncio.wait_for(actor.__ray_ready__.remote(), HOLDER_PROBE_S)
+    except (TimeoutError, ActorUnavailableError):  # busy with a phase, or unreachable a while
+        return True
+    except RayActorError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +247,8 @@ class EvalWorker:
         if self.lock is None or not wanted:
             yield
             return
-        ray.get(self.lock.acquire.remote(self.token, exclusive))
+        me = ray.get_runtime_context().current_actor  # so waiters can tell if this one died
+        ray.get(self.lock.acquire.remote(self.token, exclusive, me))
         try:
             yield
         finally:
@@ -368,10 +434,13 @@ class RayEvaluator(Evaluator):
         if self._closed:
             return
         self._closed = True
+        forgets = []
         for slot in getattr(self, "_slots", []):
             _kill(slot.actor)
-        for lock in self._locks.values():
-            _kill(lock)
+            if slot.lock is not None:  # the lock is shared with other searches: never kill it
+                forgets.append(slot.lock.forget.remote(slot.token))
+        with contextlib.suppress(Exception):
+            ray.get(forgets, timeout=10)
         self._pending.clear()
         self._running.clear()
         self._starting.clear()
@@ -450,16 +519,21 @@ class RayEvaluator(Evaluator):
             slot.actor.attach_lock.remote(slot.lock, self.isolation)  # ordered before evaluate
 
     def _lock_for(self, node: str, device: str) -> Any:
+        """The device's lock: one named actor per cluster, whichever search started it."""
         key = (node, device)
         if key not in self._locks:
             self._locks[key] = (
                 _remote(DeviceLock)
                 .options(
+                    name=LOCK_NAME.format(node=node, device=device),
+                    namespace=LOCK_NAMESPACE,
+                    get_if_exists=True,
+                    lifetime="detached",  # outlives the search that started it
                     num_cpus=0,
                     max_concurrency=1000,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
                 )
-                .remote()
+                .remote(holder_alive=_actor_alive)
             )
         return self._locks[key]
 

@@ -7,14 +7,15 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
+import ray
 import torch
 
-from amc.distributed import DeviceLock, RayEvaluator
+from amc.distributed import HOLDER_CHECK_S, LOCK_NAME, DeviceLock, RayEvaluator
 from amc.errors import UnknownNameError
 from amc.evaluate import EvalResult, LocalEvaluator, TaskSpec, evaluate_all
 from amc.plan import PruningPlan, uniform_plan
@@ -114,6 +115,36 @@ def test_device_lock_forget_releases_a_dead_holder() -> None:
     asyncio.run(scenario())
 
 
+def test_device_lock_forgets_a_holder_found_dead_while_a_request_waits() -> None:
+    async def scenario() -> None:
+        probed: list[str] = []
+
+        async def holder_alive(handle: str) -> bool:
+            probed.append(handle)
+            return handle != "killed-worker"
+
+        lock = DeviceLock(holder_alive=holder_alive, check_after=0.05)
+        assert await lock.acquire("live", False, "live-worker")
+        assert await lock.acquire("dead", False, "killed-worker")
+        assert await lock.acquire("anonymous", False)  # no handle: never probed
+        writer = asyncio.create_task(lock.acquire("w", True, "writer"))
+        await asyncio.wait_for(_until(lambda: "dead" not in lock.state()["shared"]), 5)
+        assert sorted(set(probed)) == ["killed-worker", "live-worker"]
+        assert lock.state() == {"exclusive": None, "shared": {"live": 1, "anonymous": 1}}
+        assert await lock.acquire("dead", False) is False  # forgotten for good
+        await lock.release("live")
+        await lock.release("anonymous")
+        assert await writer is True
+        assert lock.state() == {"exclusive": "w", "shared": {}}
+
+    asyncio.run(scenario())
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
 # -- Ray -------------------------------------------------------------------------------------
 
 
@@ -192,6 +223,30 @@ def test_a_killed_worker_is_replaced_and_its_plan_rerun(evaluator: RayEvaluator)
     assert sorted(evaluator.cancel_all()) == [13, 14, 15]
     assert evaluator.in_flight() == 0 and evaluator.poll(timeout=0.5) == []
     assert evaluator.restarts == restarts  # a cancel is not a fault
+
+
+@pytest.mark.ray
+def test_searches_on_one_cluster_share_the_device_lock(evaluator: RayEvaluator) -> None:
+    # Evaluators on the session's Ray (joined, not started) are like two drivers on a cluster.
+    [(node, device)] = evaluator._locks
+    name = LOCK_NAME.format(node=node, device=device)
+    shared = ray.get_actor(name, namespace="amc")
+    with (
+        RayEvaluator(SPEC, workers=1, cpus_per_worker=0.5) as first,
+        RayEvaluator(SPEC, workers=1, cpus_per_worker=0.5) as second,
+    ):
+        assert first._locks == second._locks == evaluator._locks == {(node, device): shared}
+        # A holding left by a driver killed mid-phase: its worker dies, nobody forgets it.
+        ray.get(shared.acquire.remote("killed-driver", False, first._slots[0].actor))
+        first.close()  # kills its worker, releases its own holdings, leaves the lock up
+        assert ray.get(shared.state.remote())["shared"] == {"killed-driver": 1}
+        start = time.monotonic()
+        second.submit(0, _plans((0.5,))[0])
+        [(_, result)] = _collect(second, 1)
+        assert result.status == "ok" and result.latency_ms > 0
+        assert time.monotonic() - start > HOLDER_CHECK_S  # the measurement waited, then ran
+        assert _locks_free(second)
+    assert ray.get_actor(name, namespace="amc") == shared
 
 
 def _locks_free(evaluator: RayEvaluator) -> bool:
