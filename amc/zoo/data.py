@@ -9,10 +9,13 @@ Nothing is downloaded and nothing is unpickled.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from amc.errors import DataError, unknown_name
 from amc.zoo._spec import call_with_accepted, import_callable, is_callable_spec
 from amc.zoo.readers import read_cifar10_binary, read_idx
+
+DIGITS_SPLIT = "digits_split.json"  # row indices of the fixed digits split (package data)
 
 InputShape = tuple[int, int, int]
 _IDX_PARTS = {
@@ -149,22 +154,47 @@ def _no_location(name: str, location: str | None) -> None:
 def load_digits_data(
     location: str | None, input_shape: InputShape, limit: int | None, test_fraction: float = 0.2
 ) -> DataSplits:
-    """scikit-learn's bundled 8x8 digits (1797 images), a fixed stratified split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's bundled 8x8 digits (1797 images), a fixed stratified split.
 
+    The CSV file is read from the installed scikit-learn without importing it (the import
+    costs each Ray worker about 1.5 s); the split is the one
+    ``train_test_split(test_size=0.2, random_state=0, stratify=target)`` makes, stored in
+    ``digits_split.json``. Another ``test_fraction`` asks scikit-learn for that split.
+    """
     _no_location("digits", location)
-    digits = load_digits()
-    train_x, test_x, train_y, test_y = train_test_split(
-        digits.images,
-        digits.target,
-        test_size=test_fraction,
-        random_state=0,
-        stratify=digits.target,
+    rows = _digits_rows()
+    images, target = rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
+    if test_fraction == 0.2:
+        split = json.loads(resources.files("amc.zoo").joinpath(DIGITS_SPLIT).read_text())
+        train, test = np.array(split["train"]), np.array(split["test"])
+    else:
+        from sklearn.model_selection import train_test_split
+
+        train, test = train_test_split(
+            np.arange(len(target)),
+            test_size=test_fraction,
+            random_state=0,
+            stratify=target,
+        )
+    inputs = (
+        torch.from_numpy(images[train]).unsqueeze(1),
+        torch.from_numpy(images[test]).unsqueeze(1),
     )
-    images = (torch.from_numpy(train_x).unsqueeze(1), torch.from_numpy(test_x).unsqueeze(1))
-    labels = (torch.from_numpy(train_y), torch.from_numpy(test_y))
-    return _splits("digits", images, labels, input_shape, limit, scale=16.0)
+    labels = (torch.from_numpy(target[train]), torch.from_numpy(target[test]))
+    return _splits("digits", inputs, labels, input_shape, limit, scale=16.0)
+
+
+def _digits_rows() -> np.ndarray:
+    """The rows of scikit-learn's ``digits.csv.gz``: 64 pixel values (0-16), then the label."""
+    package = importlib.util.find_spec("sklearn")
+    folders = package.submodule_search_locations if package is not None else None
+    path = Path(list(folders)[0]) / "datasets" / "data" / "digits.csv.gz" if folders else None
+    if path is None or not path.is_file():
+        raise DataError(
+            "The built-in 'digits' data set is scikit-learn's bundled digits.csv.gz, which was "
+            "not found; install scikit-learn (pip install scikit-learn) or use another data set."
+        )
+    return np.loadtxt(path, delimiter=",")
 
 
 def _find_idx(folder: Path, stem: str, ndim: int) -> Path | None:

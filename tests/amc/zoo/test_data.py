@@ -276,3 +276,35 @@ def test_callable_spec_errors(data_module_name: str) -> None:
     )
     with pytest.raises(DataError, match=re.escape("Expected a data spec of the form")):
         get_data("no_such_pkg_xyz:make")
+
+
+def test_digits_match_scikit_learn_without_importing_it() -> None:
+    """The stored split and the CSV read are scikit-learn's own split of its digits."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    train_x, test_x, train_y, test_y = train_test_split(
+        digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
+    sklearn_made = data_module._splits(
+        "digits",
+        (torch.from_numpy(train_x).unsqueeze(1), torch.from_numpy(test_x).unsqueeze(1)),
+        (torch.from_numpy(train_y), torch.from_numpy(test_y)),
+        (1, 12, 12),
+        None,
+        scale=16.0,
+    )
+    ours = get_data("digits", input_shape=(1, 12, 12))
+    for part in ("train", "test"):
+        mine, theirs = getattr(ours, part).tensors, getattr(sklearn_made, part).tensors
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
+    code = (
+        "import sys; from amc.zoo.data import get_data; "
+        "get_data('digits', input_shape=(1, 8, 8)); print('sklearn' in sys.modules)"
+    )
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert imported.stdout.strip() == "False", imported.stderr
