@@ -11,7 +11,7 @@ import datetime as _dt
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -78,6 +78,10 @@ class RayConfig(_Strict):
     workers: int | None = Field(
         None, ge=0, description="null = one per CPU core; 0 = evaluate in-process, no Ray"
     )
+    # exclusive: a latency measurement shares its device with nothing (the default);
+    # measurements: only measurements exclude each other, so a neighbour may fine-tune on
+    # the other cores meanwhile (more evaluations per minute on a CPU node, noisier timings)
+    isolation: Literal["exclusive", "measurements"] = "exclusive"
 
 
 class ExperimentConfig(_Strict):
@@ -207,6 +211,14 @@ def _describe(error: ValidationError) -> str:
             )
         elif item["type"] == "missing":
             problems.append(f"{location!r} is required")
+        elif item["type"] == "literal_error":
+            field = _model_at(item["loc"][:-1]).model_fields[str(item["loc"][-1])]
+            choices = [str(choice) for choice in get_args(field.annotation)]
+            hint = did_you_mean(str(item.get("input")), choices)
+            problems.append(
+                f"{location!r}: unknown value {item.get('input')!r}.{hint} "
+                f"Expected one of: {', '.join(choices)}"
+            )
         else:
             message = item["msg"].removeprefix("Value error, ")
             problems.append(f"{location!r}: {message} (got {item.get('input')!r})")

@@ -207,6 +207,15 @@ async def _actor_alive(actor: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+def lock_mode(isolation: str, phase: str) -> bool | None:
+    """How ``phase`` holds the device lock under ``isolation``: True exclusive, False shared,
+    None not at all."""
+    exclusive = phase == "latency"
+    if isolation == "exclusive" or (exclusive and isolation == "measurements"):
+        return exclusive
+    return None
+
+
 class EvalWorker:
     """One Ray actor: a Workload built once, evaluating one plan at a time."""
 
@@ -242,9 +251,8 @@ class EvalWorker:
     @contextlib.contextmanager
     def guard(self, phase: str) -> Iterator[None]:
         """Hold the device lock for ``phase``: exclusive for latency, shared for work."""
-        exclusive = phase == "latency"
-        wanted = self.isolation == "exclusive" or (exclusive and self.isolation != "none")
-        if self.lock is None or not wanted:
+        exclusive = lock_mode(self.isolation, phase)
+        if self.lock is None or exclusive is None:
             yield
             return
         me = ray.get_runtime_context().current_actor  # so waiters can tell if this one died

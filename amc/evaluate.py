@@ -45,7 +45,6 @@ from amc.measure import (
     count_flops,
     count_params,
     measure_interleaved,
-    measure_latency,
     model_size,
     torch_threads,
 )
@@ -99,9 +98,9 @@ class TaskSpec:
         eval_batches: held-out batches evaluated (None = the whole test split).
         latency_batch_size: batch size latency is measured at.
         latency_warmup, latency_min_run_time, latency_repeats: how latency is timed: the
-            dense model alone by :func:`amc.measure.measure_latency`, each plan together with
-            the dense model by :func:`amc.measure.measure_interleaved` (``latency_repeats``
-            rounds, about ``latency_min_run_time`` seconds for both).
+            dense model alone and each plan together with the dense model, both by
+            :func:`amc.measure.measure_interleaved` (``latency_repeats`` rounds, about
+            ``latency_min_run_time`` seconds in all).
         threads: torch intra-op threads during an evaluation (None = leave as is; a Ray
             worker then has as many as its CPUs).
         budget_tolerance: a result whose target metric exceeds ``fraction * dense`` by more
@@ -404,26 +403,28 @@ class Workload:
     def _dense_latency(self, guard: Guard) -> float:
         if "latency_ms" not in self._dense:
             with torch_threads(self.spec.threads), guard("latency"):
-                stats = self._measure(self.model)
+                (stats,) = self._measure([self.model])
             self._dense.update(latency_ms=stats.median_ms, latency_iqr_ms=stats.iqr_ms)
         return float(self._dense["latency_ms"])
 
     def _measure_against_dense(self, pruned: nn.Module) -> tuple[Any, Any]:
         """Latency of ``pruned`` and of the dense model, timed in alternation."""
-        spec = self.spec
-        pruned_stats, dense_stats = measure_interleaved(
-            [pruned, self.model], self.example_inputs, spec.device,
-            batch_size=spec.latency_batch_size, threads=spec.threads, warmup=spec.latency_warmup,
-            min_run_time=spec.latency_min_run_time, rounds=spec.latency_repeats,
-        )  # fmt: skip
+        pruned_stats, dense_stats = self._measure([pruned, self.model])
         return pruned_stats, dense_stats
 
-    def _measure(self, model: nn.Module) -> Any:
+    def _measure(self, models: list[nn.Module]) -> list[Any]:
+        """Blocks of ``latency_repeats`` rounds in about ``latency_min_run_time`` seconds.
+
+        The dense model alone is timed the same way as a plan against it, so its statistics
+        are comparable, and it costs one measurement's time: ``measure_latency`` sizes its
+        blocks with ``blocked_autorange`` (about 0.1 s each for a small CNN, so 20 of them
+        took 3 s on the way to the first trial).
+        """
         spec = self.spec
-        return measure_latency(
-            model, self.example_inputs, spec.device, batch_size=spec.latency_batch_size,
-            threads=spec.threads, warmup=spec.latency_warmup,
-            min_run_time=spec.latency_min_run_time, repeats=spec.latency_repeats,
+        return measure_interleaved(
+            models, self.example_inputs, spec.device,
+            batch_size=spec.latency_batch_size, threads=spec.threads, warmup=spec.latency_warmup,
+            min_run_time=spec.latency_min_run_time, rounds=spec.latency_repeats,
         )  # fmt: skip
 
     def evaluate(self, plan: PruningPlan, guard: Guard = _no_guard) -> EvalResult:

@@ -120,7 +120,10 @@ def start_evaluator(config: ExperimentConfig, spec: TaskSpec) -> Evaluator | Non
         return None
     from amc.distributed import RayEvaluator
 
-    return RayEvaluator(spec, workers=config.ray.workers, address=config.ray.address, wait=False)
+    ray = config.ray
+    return RayEvaluator(
+        spec, workers=ray.workers, address=ray.address, isolation=ray.isolation, wait=False
+    )
 
 
 def prepare(
@@ -194,7 +197,9 @@ def make_evaluator(experiment: Experiment) -> Evaluator:
         return LocalEvaluator(experiment.spec, workload=experiment.workload)
     from amc.distributed import RayEvaluator
 
-    return RayEvaluator(experiment.spec, workers=ray.workers, address=ray.address)
+    return RayEvaluator(
+        experiment.spec, workers=ray.workers, address=ray.address, isolation=ray.isolation
+    )
 
 
 def open_record(

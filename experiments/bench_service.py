@@ -57,8 +57,15 @@ def config_text(args: argparse.Namespace, episodes: int) -> str:
     )
 
 
-def throughput(args: argparse.Namespace, runs: Path, workers: int) -> dict[str, Any]:
-    """One search on a fresh study with ``workers`` Ray workers; evals/min and overheads."""
+def throughput(
+    args: argparse.Namespace, runs: Path, workers: int, isolation: str = "exclusive"
+) -> dict[str, Any]:
+    """One search on a fresh study with ``workers`` Ray workers; evals/min and overheads.
+
+    ``dense_spread`` is how much the dense model's latency, as timed inside each evaluation's
+    interleaved run (``latency_ms / latency_ratio``), varies between evaluations (IQR over
+    median): what a neighbour's fine-tune does to measurements that are not exclusive.
+    """
     from amc import experiment
     from amc.config import load_config
     from amc.distributed import RayEvaluator
@@ -66,12 +73,12 @@ def throughput(args: argparse.Namespace, runs: Path, workers: int) -> dict[str, 
     overrides = {
         "runs_dir": str(runs),
         "storage": f"sqlite:///{runs}/bench.db",
-        "study": f"throughput-{workers}",
+        "study": f"throughput-{workers}-{isolation}",
         "ray.workers": workers,
     }
     config = load_config(None, overrides, text=config_text(args, args.episodes))
     prepared = experiment.prepare(config, progress=False)
-    with RayEvaluator(prepared.spec, workers=workers) as evaluator:
+    with RayEvaluator(prepared.spec, workers=workers, isolation=isolation) as evaluator:
         record, outcome = experiment.search(prepared, progress=False, evaluator=evaluator)
     trials = [t for t in record.trials() if t.state == "COMPLETE"]
     times = [dict(t.metrics["times"]) for t in trials]
@@ -80,8 +87,16 @@ def throughput(args: argparse.Namespace, runs: Path, workers: int) -> dict[str, 
     def share(*phases: str) -> float:
         return sum(t.get(phase, 0.0) for t in times for phase in phases) / total
 
+    dense_ms = [
+        t.metrics["latency_ms"] / t.metrics["latency_ratio"]
+        for t in trials
+        if t.metrics.get("latency_ratio")
+    ]
+    quartiles = statistics.quantiles(dense_ms, n=4) if len(dense_ms) >= 2 else [0.0, 1.0, 0.0]
     return {
         "workers": workers,
+        "isolation": isolation,
+        "dense_spread": (quartiles[2] - quartiles[0]) / quartiles[1],
         "threads": prepared.spec.threads,
         "evals": len(trials),
         "failed": outcome.failed,
@@ -172,7 +187,10 @@ def main() -> None:
         import ray
 
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
-        rows = [throughput(args, runs, workers) for workers in (1, 2)]
+        rows = [
+            throughput(args, runs, workers, isolation)
+            for workers, isolation in ((1, "exclusive"), (2, "exclusive"), (2, "measurements"))
+        ]
         ray.shutdown()
 
     cores = os.cpu_count()
@@ -182,18 +200,19 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f}\n"
     )
     print(
-        "| workers | threads each | evals | evals/min | speed-up | eval s (median) | "
+        "| workers | isolation | threads each | evals | evals/min | speed-up | eval s (median) | "
         "fine-tune s | latency s | lock wait s | apply+count | BN+evaluate | lock wait | "
-        "service overhead |"
+        "service overhead | dense ms spread |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['workers']} | {row['threads']} | {row['evals']} | {row['per_min']:.1f} | "
+            f"| {row['workers']} | {row['isolation']} | {row['threads']} | {row['evals']} | "
+            f"{row['per_min']:.1f} | "
             f"{row['per_min'] / rows[0]['per_min']:.2f}x | {row['eval_s']:.2f} | "
             f"{row['finetune_s']:.2f} | {row['latency_s']:.2f} | {row['wait_s']:.2f} | "
             f"{row['machinery']:.1%} | {row['protocol']:.1%} | {row['waiting']:.1%} | "
-            f"{row['service']:.1%} |"
+            f"{row['service']:.1%} | {row['dense_spread']:.1%} |"
         )
     print(
         f"\n| `amc search` (median of {args.starts}) | first trial started | "

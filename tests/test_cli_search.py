@@ -178,6 +178,18 @@ def error_of(capsys: pytest.CaptureFixture[str], *args: Any) -> str:
             "and FRACTION in (0, 1], e.g. latency=0.5 (got 'flops=2').",
         ),
         (
+            [],
+            "ray: {isolation: measurement}\n",
+            "{path}: 'ray.isolation': unknown value 'measurement'. Did you mean 'measurements'? "
+            "Expected one of: exclusive, measurements.",
+        ),
+        (
+            [],
+            "criterion: l3\n",
+            "{path}: 'criterion': unknown value 'l3'. Did you mean 'l2'? Expected one of: l1, "
+            "l2, bn_scale, taylor, activation.",
+        ),
+        (
             ["--target", "energy=0.5"],
             "",
             "{path}: 'target': expected METRIC=FRACTION with METRIC flops, params or latency "

@@ -15,7 +15,7 @@ import pytest
 import ray
 import torch
 
-from amc.distributed import HOLDER_CHECK_S, LOCK_NAME, DeviceLock, RayEvaluator
+from amc.distributed import HOLDER_CHECK_S, LOCK_NAME, DeviceLock, RayEvaluator, lock_mode
 from amc.errors import UnknownNameError
 from amc.evaluate import EvalResult, LocalEvaluator, TaskSpec, evaluate_all
 from amc.plan import PruningPlan, uniform_plan
@@ -138,6 +138,30 @@ def test_device_lock_forgets_a_holder_found_dead_while_a_request_waits() -> None
         assert lock.state() == {"exclusive": "w", "shared": {}}
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("isolation", "latency", "work"),
+    [("exclusive", True, False), ("measurements", True, None), ("none", None, None)],
+)
+def test_lock_mode_per_isolation(isolation: str, latency: bool | None, work: bool | None) -> None:
+    assert lock_mode(isolation, "latency") is latency
+    for phase in ("apply", "count", "recalibrate", "finetune", "evaluate"):
+        assert lock_mode(isolation, phase) is work
+
+
+def test_config_isolation_reaches_the_ray_evaluator(monkeypatch: pytest.MonkeyPatch) -> None:
+    import amc.distributed
+    from amc import experiment
+    from amc.config import load_config
+
+    made: list[dict[str, Any]] = []
+    monkeypatch.setattr(amc.distributed, "RayEvaluator", lambda spec, **kw: made.append(kw))
+    text = "model: resnet20\ndata: digits\nray: {workers: 2, isolation: measurements}\n"
+    config = load_config(None, text=text)
+    experiment.start_evaluator(config, SPEC)
+    assert made == [{"workers": 2, "address": None, "isolation": "measurements", "wait": False}]
+    assert load_config(None, text="model: m\ndata: d\n").ray.isolation == "exclusive"
 
 
 async def _until(condition: Callable[[], bool]) -> None:
