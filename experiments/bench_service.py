@@ -1,6 +1,6 @@
 """Benchmark the search service: throughput on 1 vs 2 Ray workers, overhead, time to first trial.
 
-    python experiments/bench_service.py [--episodes 12] [--finetune-steps 50] [--agent ddpg]
+    python experiments/bench_service.py [--episodes 12] [--finetune-steps 50 100] [--agent ddpg]
 
 Prints a markdown table. Goals (issue 4): 2 workers >= 1.7x the evaluations per minute of 1;
 per-evaluation overhead outside fine-tune and latency timing under 5% of the evaluation time;
@@ -8,7 +8,13 @@ under 15 s from `amc search` to the first recorded trial on 2 cores.
 
 Throughput runs the same search (model, data, agent, seed) in this process with a Ray evaluator
 of 1 and 2 workers, one torch thread each (so the speed-up is the workers' alone: two intra-op
-threads on a busy 2-core machine thrash, which would flatter the 2-worker run).
+threads on a busy 2-core machine thrash, which would flatter the 2-worker run), for each
+``--finetune-steps``, and with two workers once per isolation. With exclusive latency timing,
+W seconds of work and L of timing per evaluation, two workers reach at most 2(W+L)/(W+2L) the
+rate of one (each waits out the other's measurement): the ``bound`` column, from the medians.
+``latency ratio error`` is how far the latency ratios recorded in the search are from the same
+plans re-timed alone afterwards (median over ``--remeasure`` plans): the price of isolation
+``measurements``, where a neighbour fine-tunes during a measurement.
 Two overheads are reported, from each trial's ``EvalResult.times`` and the driver's wall time:
 
 - in-worker, split three ways: the share of an evaluation's time spent applying the plan and
@@ -50,15 +56,14 @@ seed: 0
 """
 
 
-def config_text(args: argparse.Namespace, episodes: int) -> str:
+def config_text(args: argparse.Namespace, episodes: int, steps: int | None = None) -> str:
     settings = "{warmup: 4}" if args.agent == "ddpg" else "{}"
-    return CONFIG.format(
-        steps=args.finetune_steps, agent=args.agent, settings=settings, episodes=episodes
-    )
+    steps = args.finetune_steps[0] if steps is None else steps
+    return CONFIG.format(steps=steps, agent=args.agent, settings=settings, episodes=episodes)
 
 
 def throughput(
-    args: argparse.Namespace, runs: Path, workers: int, isolation: str = "exclusive"
+    args: argparse.Namespace, runs: Path, workers: int, isolation: str, steps: int
 ) -> dict[str, Any]:
     """One search on a fresh study with ``workers`` Ray workers; evals/min and overheads.
 
@@ -73,10 +78,10 @@ def throughput(
     overrides = {
         "runs_dir": str(runs),
         "storage": f"sqlite:///{runs}/bench.db",
-        "study": f"throughput-{workers}-{isolation}",
+        "study": f"throughput-{workers}-{isolation}-{steps}",
         "ray.workers": workers,
     }
-    config = load_config(None, overrides, text=config_text(args, args.episodes))
+    config = load_config(None, overrides, text=config_text(args, args.episodes, steps))
     prepared = experiment.prepare(config, progress=False)
     with RayEvaluator(prepared.spec, workers=workers, isolation=isolation) as evaluator:
         record, outcome = experiment.search(prepared, progress=False, evaluator=evaluator)
@@ -87,16 +92,16 @@ def throughput(
     def share(*phases: str) -> float:
         return sum(t.get(phase, 0.0) for t in times for phase in phases) / total
 
-    dense_ms = [
-        t.metrics["latency_ms"] / t.metrics["latency_ratio"]
-        for t in trials
-        if t.metrics.get("latency_ratio")
-    ]
-    quartiles = statistics.quantiles(dense_ms, n=4) if len(dense_ms) >= 2 else [0.0, 1.0, 0.0]
+    work = statistics.median(
+        t["total"] - t.get("latency", 0.0) - t.get("wait", 0.0) for t in times
+    )
+    latency = statistics.median(t.get("latency", 0.0) for t in times)
     return {
         "workers": workers,
         "isolation": isolation,
-        "dense_spread": (quartiles[2] - quartiles[0]) / quartiles[1],
+        "steps": steps,
+        "bound": 2 * (work + latency) / (work + 2 * latency) if workers == 2 else 1.0,
+        "ratio_error": ratio_error(prepared, trials[: args.remeasure]),
         "threads": prepared.spec.threads,
         "evals": len(trials),
         "failed": outcome.failed,
@@ -111,6 +116,35 @@ def throughput(
         "waiting": share("wait"),
         "service": 1 - total / (workers * outcome.elapsed_s),
     }
+
+
+def ratio_error(prepared: Any, trials: list[Any]) -> float:
+    """Median of |ratio recorded in the search / ratio re-measured alone - 1| over ``trials``.
+
+    Each plan is pruned again here and timed against the dense model with the search's own
+    settings, with nothing else running: how far the search's measurements (taken next to a
+    neighbour's work when isolation is not exclusive) are from a quiet machine's.
+    """
+    from amc import apply_plan
+    from amc.measure import measure_interleaved
+
+    spec, workload = prepared.spec, prepared.workload
+    errors = []
+    for trial in trials:
+        pruned = apply_plan(
+            workload.model, trial.plan, workload.example_inputs, graph=workload.graph
+        )
+        ratios = []
+        for _ in range(3):  # median of three quiet measurements: the reference
+            plan_stats, dense_stats = measure_interleaved(
+                [pruned, workload.model], workload.example_inputs, spec.device,
+                batch_size=spec.latency_batch_size, threads=spec.threads,
+                warmup=spec.latency_warmup, min_run_time=spec.latency_min_run_time,
+                rounds=spec.latency_repeats,
+            )  # fmt: skip
+            ratios.append(plan_stats.median_ms / dense_stats.median_ms)
+        errors.append(abs(trial.metrics["latency_ratio"] / statistics.median(ratios) - 1))
+    return statistics.median(errors)
 
 
 def first_trial(args: argparse.Namespace, runs: Path, workers: int | None) -> dict[str, float]:
@@ -161,7 +195,10 @@ def first_trial(args: argparse.Namespace, runs: Path, workers: int | None) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=12)
-    parser.add_argument("--finetune-steps", type=int, default=50)
+    parser.add_argument(
+        "--finetune-steps", type=int, nargs="+", default=[50], help="one throughput run each"
+    )
+    parser.add_argument("--remeasure", type=int, default=6, help="plans re-timed alone per run")
     parser.add_argument("--agent", default="ddpg")
     parser.add_argument("--runs", type=Path, default=None, help="keep results here")
     parser.add_argument("--starts", type=int, default=3, help="`amc search` starts timed each")
@@ -187,32 +224,31 @@ def main() -> None:
         import ray
 
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
-        rows = [
-            throughput(args, runs, workers, isolation)
-            for workers, isolation in ((1, "exclusive"), (2, "exclusive"), (2, "measurements"))
-        ]
+        for steps in args.finetune_steps:
+            runs_of = [(1, "exclusive"), (2, "exclusive"), (2, "measurements")]
+            rows += [throughput(args, runs, w, isolation, steps) for w, isolation in runs_of]
         ray.shutdown()
 
     cores = os.cpu_count()
     print(
-        f"\n{args.agent}, resnet20 on digits 1x16x16, fine-tune {args.finetune_steps} steps, "
-        f"{args.episodes} episodes, {cores} cores, load before start "
-        f"{os.getloadavg()[0]:.1f}\n"
+        f"\n{args.agent}, resnet20 on digits 1x16x16, {args.episodes} episodes, {cores} cores, "
+        f"load before start {os.getloadavg()[0]:.1f}\n"
     )
     print(
-        "| workers | isolation | threads each | evals | evals/min | speed-up | eval s (median) | "
-        "fine-tune s | latency s | lock wait s | apply+count | BN+evaluate | lock wait | "
-        "service overhead | dense ms spread |"
+        "| fine-tune steps | workers | isolation | evals | evals/min | speed-up | bound | "
+        "eval s (median) | fine-tune s | latency s | lock wait s | apply+count | BN+evaluate | "
+        "lock wait | service overhead | latency ratio error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
+        single = next(r for r in rows if r["steps"] == row["steps"] and r["workers"] == 1)
         print(
-            f"| {row['workers']} | {row['isolation']} | {row['threads']} | {row['evals']} | "
-            f"{row['per_min']:.1f} | "
-            f"{row['per_min'] / rows[0]['per_min']:.2f}x | {row['eval_s']:.2f} | "
+            f"| {row['steps']} | {row['workers']} | {row['isolation']} | {row['evals']} | "
+            f"{row['per_min']:.1f} | {row['per_min'] / single['per_min']:.2f}x | "
+            f"{row['bound']:.2f}x | {row['eval_s']:.2f} | "
             f"{row['finetune_s']:.2f} | {row['latency_s']:.2f} | {row['wait_s']:.2f} | "
             f"{row['machinery']:.1%} | {row['protocol']:.1%} | {row['waiting']:.1%} | "
-            f"{row['service']:.1%} | {row['dense_spread']:.1%} |"
+            f"{row['service']:.1%} | {row['ratio_error']:.1%} |"
         )
     print(
         f"\n| `amc search` (median of {args.starts}) | first trial started | "
