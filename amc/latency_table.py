@@ -1,11 +1,13 @@
 """A per-unit latency look-up table, measured on the target device (NetAdapt-style).
 
 For each unit the model is pruned at a few widths with *only that unit* cut (through the same
-:func:`amc.prune.apply_plan` every plan goes through) and timed with
-:func:`amc.measure.measure_latency`. The latency of a whole plan is then estimated as the dense
-latency minus the sum of the per-unit savings, each interpolated linearly between the measured
-widths (NetAdapt, Yang et al. 2018). The table is what lets AMC's clipping and a search agent
-reason about latency without timing every candidate.
+:func:`amc.prune.apply_plan` every plan goes through) and timed against the dense model in one
+interleaved run (:func:`amc.measure.measure_interleaved`), as plans are timed in a search; so
+are a few anchors with every unit cut together. A plan's latency is then estimated from a line
+fitted through the anchors and the dense point against the FLOPs fraction (or, without a fit,
+as the dense latency minus the per-unit savings, each interpolated between the measured widths:
+NetAdapt, Yang et al. 2018). The table is what lets AMC's clipping and a search agent reason
+about latency without timing every candidate.
 
 Example:
     >>> table = LatencyTable.measure(model, x, analyze(model, x), "cpu", progress=False)
@@ -23,7 +25,7 @@ import numpy as np
 from torch import nn
 
 from amc.errors import PlanFormatError, PlanMismatchError
-from amc.measure import measure_latency
+from amc.measure import measure_interleaved, measure_latency
 from amc.plan import PruningPlan, UnitPlan, channels_for
 from amc.units import UnitGraph
 
@@ -254,7 +256,8 @@ class LatencyTable:
             round_to: channel rounding, as the plans will use it.
             progress: show a progress bar.
             warmup, min_run_time, repeats, threads: passed to
-                :func:`amc.measure.measure_latency`.
+                :func:`amc.measure.measure_interleaved` (``repeats`` rounds of the cut and the
+                dense model, about ``min_run_time`` seconds for both), once per entry.
         """
         from amc.prune import apply_plan  # prune imports plan, which imports units: no cycle
 
@@ -265,21 +268,18 @@ class LatencyTable:
             chosen = [u for u in graph.units if u.name in wanted]
         fractions = sorted({float(w) for w in widths if 0.0 < float(w) < 1.0})
 
-        def time(plan_units: Mapping[str, UnitPlan] | None) -> float:
-            candidate = model
-            if plan_units:
-                plan = PruningPlan(units=plan_units, model=graph.fingerprint, round_to=round_to)
-                candidate = apply_plan(model, plan, example_inputs, graph=graph)
-            stats = measure_latency(
-                candidate,
-                example_inputs,
-                device,
-                warmup=warmup,
-                min_run_time=min_run_time,
-                repeats=repeats,
-                threads=threads,
-            )
-            return stats.median_ms
+        dense_samples: list[float] = []
+
+        def time(plan_units: Mapping[str, UnitPlan]) -> float:
+            """The cut model's latency as a fraction of the dense model's, timed together."""
+            plan = PruningPlan(units=plan_units, model=graph.fingerprint, round_to=round_to)
+            candidate = apply_plan(model, plan, example_inputs, graph=graph)
+            cut, dense = measure_interleaved(
+                [candidate, model], example_inputs, device, warmup=warmup,
+                min_run_time=min_run_time, rounds=repeats, threads=threads,
+            )  # fmt: skip
+            dense_samples.append(dense.median_ms)
+            return cut.median_ms / dense.median_ms
 
         jobs: list[tuple[str, float | None]] = []
         for unit in chosen:
@@ -298,10 +298,8 @@ class LatencyTable:
             }
             for width in fractions
         }
-        bar = _progress(len(jobs) + len(anchor_plans) + 2, progress, f"latency table on {device}")
+        bar = _progress(len(jobs) + len(anchor_plans), progress, f"latency table on {device}")
         try:
-            dense_ms = time(None)
-            bar.update(1)
             measured: dict[str, dict[float, float]] = {u.name: {} for u in chosen}
             nm_ms: dict[str, float] = {}
             for name, width in jobs:
@@ -316,18 +314,31 @@ class LatencyTable:
                     kept = round(width * count)
                     measured[name][width] = time({name: UnitPlan(width, kept)})
                 bar.update(1)
-            # timed again at the end: the lower of the two is less disturbed by other load
-            anchors = []
+            anchor_ratios = []
             for plan_units in anchor_plans.values():
                 if plan_units:
                     channels = {name: unit.channels for name, unit in plan_units.items()}
                     share = graph.predict(channels).flops / graph.dense_flops  # type: ignore[arg-type]
-                    anchors.append((share, time(plan_units)))
+                    anchor_ratios.append((share, time(plan_units)))
                 bar.update(1)
-            dense_ms = min(dense_ms, time(None))
-            bar.update(1)
         finally:
             bar.close()
+        # Every entry was timed against the dense model in the same run, so a neighbour's load
+        # or a clock change between entries cancels out of its ratio; the dense latency is the
+        # median over all of those runs (a quiet machine the table was not built on moves every
+        # entry alike, which the online calibration then corrects).
+        dense_ms = (
+            float(np.median(dense_samples))
+            if dense_samples
+            else measure_latency(
+                model, example_inputs, device, warmup=warmup, min_run_time=min_run_time,
+                repeats=repeats, threads=threads,
+            ).median_ms
+        )  # fmt: skip
+        anchors = [(share, ratio * dense_ms) for share, ratio in anchor_ratios]
+        for name, by_width in measured.items():
+            measured[name] = {width: ratio * dense_ms for width, ratio in by_width.items()}
+        nm_ms = {name: ratio * dense_ms for name, ratio in nm_ms.items()}
         curves = {}
         for unit in chosen:
             points = sorted(measured[unit.name].items()) + [(1.0, dense_ms)]

@@ -6,7 +6,7 @@ For a trained baseline and one or more targets, in ONE process and one machine s
    ``GroupMagnitudeImportance(p=1)``, classifier ignored, ``max_pruning_ratio = 1 - lower
    bound``): uniform (``global_pruning=False``) and global (``global_pruning=True``) magnitude
    pruning, the ``pruning_ratio`` found by bisection on the MEASURED metric (FLOPs with
-   ``count_flops``, latency with ``measure_latency``, dense and candidate timed back to back);
+   ``count_flops``, latency with ``measure_interleaved``, candidate and dense in alternation);
 2. our strategies ``random``, ``uniform``, ``tpe``, ``nsga2``, ``ddpg``: each asks for the SAME
    number of plans (``--evals``), and every plan goes through the SAME in-process
    ``Workload.evaluate`` (apply, ``--finetune-steps`` of fine-tune, accuracy on a validation
@@ -17,8 +17,8 @@ For a trained baseline and one or more targets, in ONE process and one machine s
    target; for nsga2 that is the best-accuracy plan of its front within the target) and the two
    peers' models go through the SAME final fine-tune (``--final-steps``) and are scored on the
    SAME held-out test samples, which the search never sees;
-4. the dense model and all those models are timed in one interleaved run (A B C ... A B C ...,
-   ``--rounds`` rounds, at every ``--report-batches`` batch size, 1 thread); the medians of the
+4. the dense model and all those models are timed in one interleaved run (A B C ... C B A ...,
+   ``measure_interleaved``, ``--rounds`` rounds, at every ``--report-batches`` batch size, 1 thread); the medians of the
    rounds are reported, so machine drift cancels.
 
 Data: the validation split used by the search is the first ``--val`` samples of the data set's
@@ -82,7 +82,6 @@ from amc.measure import (  # noqa: E402
     count_flops,
     count_params,
     measure_interleaved,
-    measure_latency,
 )
 from amc.plan import PruningPlan  # noqa: E402
 from amc.prune import apply_plan  # noqa: E402
@@ -629,17 +628,23 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
 
 def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor,
                         args: argparse.Namespace) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Median over rounds of each model's median latency, models timed A B C ... per round."""
+    """Median over rounds of each model's median latency; within a round every model is timed
+    block by block in alternation (``measure_interleaved``: A B C ... C B A ...), as a search
+    times a plan against the dense model, so drift during the run hits every model alike."""
     runs: dict[str, dict[str, list[float]]] = {
         str(b): {m: [] for m in models} for b in args.batches
     }
+    names = list(models)
     for _ in range(args.rounds):
         for batch in args.batches:
-            for name, model in models.items():
-                stats = measure_latency(
-                    model, example, batch_size=batch, threads=args.threads, **args.lat_final
-                )
-                runs[str(batch)][name].append(stats.median_ms)
+            stats = measure_interleaved(
+                [models[name] for name in names], example, batch_size=batch,
+                threads=args.threads, warmup=args.lat_final["warmup"],
+                min_run_time=args.lat_final["min_run_time"] * len(names),
+                rounds=args.lat_final["repeats"],
+            )  # fmt: skip
+            for name, stat in zip(names, stats, strict=True):
+                runs[str(batch)][name].append(stat.median_ms)
     return {
         batch: {name: statistics.median(values) for name, values in per_model.items()}
         for batch, per_model in runs.items()
@@ -985,8 +990,10 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         "the search never saw.",
         f"- Latency: dense and every final model timed in one interleaved run, {args.rounds} "
         f"round(s) x batch sizes {args.batches}, median of the per-round medians "
-        f"(`measure_latency`, 1 thread, min run time {args.lat_final['min_run_time']} s, "
-        f"{args.lat_final['repeats']} blocks).",
+        f"(`measure_interleaved`: blocks of each model in alternation, 1 thread, about "
+        f"{args.lat_final['min_run_time']} s and {args.lat_final['repeats']} blocks per model "
+        "per round); the latency table and every search-time measurement are interleaved with "
+        "the dense model the same way.",
         "- Std is over seeds (sample std); for deterministic plans (peers, uniform) it is the "
         "spread from the seed of the final fine-tune alone.",
         "",
