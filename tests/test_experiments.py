@@ -115,7 +115,10 @@ def flops_latency(monkeypatch: pytest.MonkeyPatch) -> None:
         }
         return replace(synthetic, units=curves, device="cpu", fit=(0.0, dense_ms))
 
-    monkeypatch.setattr(amc.evaluate, "measure_latency", mflops_ms)
+    def interleaved(models: Any, example_inputs: Any, device: Any = "cpu", **_: Any) -> Any:
+        return [mflops_ms(model, example_inputs, device) for model in models]
+
+    monkeypatch.setattr(amc.evaluate, "measure_interleaved", interleaved)
     monkeypatch.setattr(LatencyTable, "measure", classmethod(table))
 
 
