@@ -18,8 +18,8 @@ For a trained baseline and one or more targets, in ONE process and one machine s
    peers' models go through the SAME final fine-tune (``--final-steps``) and are scored on the
    SAME held-out test samples, which the search never sees;
 4. the dense model and all those models are timed in one interleaved run (A B C ... C B A ...,
-   ``measure_interleaved``, ``--rounds`` rounds, at every ``--report-batches`` batch size, 1 thread); the medians of the
-   rounds are reported, so machine drift cancels.
+   ``measure_interleaved``, ``--rounds`` rounds, at every ``--report-batches`` batch size,
+   1 thread); the medians of the rounds are reported, so machine drift cancels.
 
 Data: the validation split used by the search is the first ``--val`` samples of the data set's
 test split, the final test split the next ``--test`` samples; training and fine-tuning use the
@@ -186,7 +186,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--latency-model",
         choices=("auto", "table", "line"),
         default="auto",
-        help="latency estimate of the search space (auto: table, its line if infeasible)",
+        help="latency estimate of the search space (auto: table, scaled to fit if infeasible)",
     )
     add("--time-budget", type=float, default=None, help="minutes; no new job starts after")
     add("--out", default=str(ROOT / "experiments" / "results"), help="results folder")
@@ -369,13 +369,13 @@ def told(result: EvalResult) -> dict[str, float] | None:
 
 
 def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
-                 args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+                 args: argparse.Namespace, scale: float = 1.0) -> dict[str, Any]:  # fmt: skip
     """Ask/evaluate/tell ``args.evals`` plans; return the trace and the best plan in budget."""
     start = time.perf_counter()
     calibrated = space.latency_table is not None and space.target.metric == "latency"
-    if calibrated:  # every strategy starts from the table as measured, uncalibrated
+    if calibrated:  # every strategy starts from the table as measured (and scaled), uncalibrated
         space._latency_ratios.clear()
-        space.latency_table = replace(space.latency_table, scale=1.0)  # type: ignore[arg-type]
+        space.latency_table = replace(space.latency_table, scale=scale)  # type: ignore[arg-type]
     agent = get_agent(name, space, seed=seed, **agent_settings(name, args.evals))
     cache: dict[tuple[Any, ...], EvalResult] = {}
     trace: list[dict[str, Any]] = []
@@ -447,6 +447,7 @@ class Task:
     test: Subset
     example: torch.Tensor
     spaces: dict[str, SearchSpace] = field(default_factory=dict)
+    table_scale: dict[str, float] = field(default_factory=dict)  # each strategy starts from it
     table_s: dict[str, float] = field(default_factory=dict)
     latency_model: dict[str, str] = field(default_factory=dict)
     dense: dict[str, Any] = field(default_factory=dict)
@@ -500,7 +501,8 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
     A latency target measures a per-unit table on this CPU at the target's batch size. With
     ``--latency-model auto`` a table whose estimate makes the target unreachable (even every
     unit at the lower bound is predicted over it, although measured uniform plans are far
-    under) is replaced by its own fitted line (:func:`linear_table`); the report says so.
+    under) starts scaled so that the smallest plan just fits (the cap the online calibration
+    applies too); the report says so.
     """
     key = target_key(target, batch)
     if key in task.spaces:
@@ -529,25 +531,19 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
     except InfeasibleBudgetError as error:
         if args.latency_model != "auto":
             raise
-        try:
-            fallback, what = linear_table(table), "the measured table's fitted line"
-        except ValueError:  # timings too noisy for a line: FLOPs-proportional, measured dense
-            fallback = LatencyTable.synthetic(graph, dense_ms=table.dense_ms)
-            what = "a FLOPs-proportional model scaled to the measured dense latency"
-        log(f"  latency table: {error} -> using {what}")
-        try:
-            space = build(latency_table=fallback)
-        except InfeasibleBudgetError as again:  # the line too: FLOPs-proportional, calibrated
-            fallback = LatencyTable.synthetic(graph, dense_ms=table.dense_ms)
-            what = (
-                f"a FLOPs-proportional model scaled to the measured dense latency (the fitted "
-                f"line predicted it unreachable as well: {again})"
-            )
-            log(f"  latency line: {again} -> using {what}")
-            space = build(latency_table=fallback)
+        # The table's level is off (one noisy run: TP's bisection on measured latency reaches
+        # such targets); its shape, fixed per-layer cost included, is what a FLOPs-proportional
+        # model lacks. Start the estimate scaled so the smallest plan just fits, as the online
+        # calibration caps it, and let every measured plan recalibrate it as in `amc search`.
+        space = build(latency_table=replace(table, scale=1e-3))
+        smallest = space.smallest_fraction() / 1e-3
+        scale = target.fraction / smallest * (1 - 1e-6)
+        space.latency_table = replace(table, scale=scale)
+        task.table_scale[key] = scale
+        log(f"  latency table: {error} -> its estimate scaled by {scale:.3f}")
         task.latency_model[key] = (
-            f"{what} (auto fallback: with its per-unit residuals the measured table predicted "
-            f"the target unreachable: {error})"
+            f"measured per-unit table (amc.latency_table), its estimate scaled by {scale:.3f} to "
+            f"start (auto: the table predicted the target unreachable: {error})"
         )
     space.example_inputs = example  # plans are timed at the target's batch size
     task.spaces[key] = space
@@ -585,7 +581,9 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
                 )
                 models[strategy] = found.pop("model")
             else:
-                found = run_strategy(strategy, space, workload, seed, args)
+                found = run_strategy(
+                    strategy, space, workload, seed, args, task.table_scale.get(key, 1.0)
+                )
                 plan = found.pop("plan")
                 models[strategy] = apply_plan(
                     task.model, plan, task.example, graph=workload.graph
