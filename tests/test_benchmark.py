@@ -71,3 +71,22 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
         assert all(math.isfinite(v) and v > 0 for v in run["latency"][batch].values())
     assert raw["cases"]["resnet56-cifar10"]["skipped"].startswith("resnet56 on CIFAR-10")
     assert elapsed < 60, f"the quick run took {elapsed:.0f} CPU s"
+
+
+def test_a_table_predicting_the_target_unreachable_starts_scaled_to_fit() -> None:
+    import torch
+
+    from amc.units import analyze
+    from amc.zoo import get_model
+
+    args = benchmark.parse_args(["--quick"])
+    case = benchmark.CASES["resnet20-synthetic"]
+    model = get_model("resnet20", in_channels=1, num_classes=10).eval()
+    example = torch.randn(1, *case.input_shape)
+    task = benchmark.Task(case, model, "", None, None, None, example)  # type: ignore[arg-type]
+    target, batch = benchmark.parse_target("latency=0.02@1", 1)  # below any table's fixed cost
+    space = benchmark.space_for(task, target, batch, args, analyze(model, example))
+    scale = task.table_scale["latency=0.02@1"]
+    assert 0 < scale < 1 and space.latency_table.scale == scale
+    assert 0.02 * (1 - 1e-5) <= space.smallest_fraction() <= 0.02  # just fits
+    assert f"scaled by {scale:.3f}" in task.latency_model["latency=0.02@1"]
