@@ -37,6 +37,17 @@ def config_file(tmp_path: Path, runs_dir: Path) -> Path:  # noqa: F811
     return path
 
 
+@pytest.fixture
+def slow_config_file(tmp_path: Path, runs_dir: Path) -> Path:  # noqa: F811
+    """The tiny experiment with ~1 s evaluations (40 fine-tune steps), so that a kill sent
+    once a trial is seen RUNNING lands before that trial ends."""
+    path = tmp_path / "slow.yaml"
+    text = CONFIG.replace("finetune: {steps: 0,", "finetune: {steps: 40,")
+    assert text != CONFIG
+    path.write_text(f"{text}runs_dir: {runs_dir}\n", encoding="utf-8")
+    return path
+
+
 def start_search(tmp_path: Path, config_file: Path, study: str, *extra: str) -> tuple[Any, str]:
     storage = f"sqlite:///{tmp_path}/amc.db"
     args = [AMC, "search", str(config_file), "--study", study, "--storage", storage]
@@ -82,10 +93,10 @@ def mid_search(storage: str, study: str) -> Callable[[], bool]:
 
 def test_kill_9_then_resume_ends_with_exactly_n_episodes(
     tmp_path: Path,
-    config_file: Path,
+    slow_config_file: Path,
     runs_dir: Path,  # noqa: F811
 ) -> None:
-    process, storage = start_search(tmp_path, config_file, "killed")
+    process, storage = start_search(tmp_path, slow_config_file, "killed")
     wait_until(mid_search(storage, "killed"), process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
