@@ -25,7 +25,7 @@ import numpy as np
 from torch import nn
 
 from amc.errors import PlanFormatError, PlanMismatchError
-from amc.measure import measure_interleaved, measure_latency
+from amc.measure import measure_interleaved
 from amc.plan import PruningPlan, UnitPlan, channels_for
 from amc.units import UnitGraph
 
@@ -325,16 +325,15 @@ class LatencyTable:
             bar.close()
         # Every entry was timed against the dense model in the same run, so a neighbour's load
         # or a clock change between entries cancels out of its ratio; the dense latency is the
-        # median over all of those runs (a quiet machine the table was not built on moves every
-        # entry alike, which the online calibration then corrects).
-        dense_ms = (
-            float(np.median(dense_samples))
-            if dense_samples
-            else measure_latency(
-                model, example_inputs, device, warmup=warmup, min_run_time=min_run_time,
-                repeats=repeats, threads=threads,
-            ).median_ms
-        )  # fmt: skip
+        # median over all of those runs. (A machine busier or quieter when the plans are timed
+        # moves every entry alike: the online calibration corrects that.)
+        if not dense_samples:  # nothing to cut: the dense model alone
+            (stats,) = measure_interleaved(
+                [model], example_inputs, device, warmup=warmup, min_run_time=min_run_time,
+                rounds=repeats, threads=threads,
+            )  # fmt: skip
+            dense_samples.append(stats.median_ms)
+        dense_ms = float(np.median(dense_samples))
         anchors = [(share, ratio * dense_ms) for share, ratio in anchor_ratios]
         for name, by_width in measured.items():
             measured[name] = {width: ratio * dense_ms for width, ratio in by_width.items()}
