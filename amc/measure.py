@@ -651,7 +651,9 @@ def compare(
     """Measure a dense and a pruned model side by side, for ``amc bench``.
 
     FLOPs are counted at the batch of ``example_inputs``; latency is measured at each of
-    ``batch_sizes`` (extra keyword arguments go to :func:`measure_latency`).
+    ``batch_sizes``, both models in one interleaved run (:func:`measure_interleaved`), so the
+    latency ratio is measured under the same conditions (``warmup``, ``min_run_time``,
+    ``threads`` and ``repeats``, the blocks per model, may be given).
 
     Returns:
         A JSON-serialisable dict: ``device``, ``batch_sizes``, ``rows`` (a list of
@@ -667,19 +669,24 @@ def compare(
         ['params', 'flops', 'size_stored_bytes']
     """
     target = resolve_device(device)
-    details: dict[str, dict[str, Any]] = {}
-    for role, model in (("dense", dense_model), ("pruned", pruned_model)):
-        details[role] = {
+    if "repeats" in latency_kwargs:
+        latency_kwargs["rounds"] = latency_kwargs.pop("repeats")
+    models = {"dense": dense_model, "pruned": pruned_model}
+    details: dict[str, dict[str, Any]] = {
+        role: {
             "params": count_params(model),
             "flops": count_flops(model, example_inputs),
             "size": model_size(model).to_json(),
-            "latency": {
-                str(batch): measure_latency(
-                    model, example_inputs, target, batch_size=batch, **latency_kwargs
-                ).to_json()
-                for batch in batch_sizes
-            },
+            "latency": {},
         }
+        for role, model in models.items()
+    }
+    for size in batch_sizes:
+        timed = measure_interleaved(
+            list(models.values()), example_inputs, target, batch_size=size, **latency_kwargs
+        )
+        for role, stats in zip(models, timed, strict=True):
+            details[role]["latency"][str(size)] = stats.to_json()
     dense, pruned = details["dense"], details["pruned"]
     pairs: list[tuple[str, float, float]] = [
         ("params", dense["params"], pruned["params"]),
