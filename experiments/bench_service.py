@@ -65,12 +65,9 @@ def config_text(args: argparse.Namespace, episodes: int, steps: int | None = Non
 def throughput(
     args: argparse.Namespace, runs: Path, workers: int, isolation: str, steps: int
 ) -> dict[str, Any]:
-    """One search on a fresh study with ``workers`` Ray workers; evals/min and overheads.
-
-    ``dense_spread`` is how much the dense model's latency, as timed inside each evaluation's
-    interleaved run (``latency_ms / latency_ratio``), varies between evaluations (IQR over
-    median): what a neighbour's fine-tune does to measurements that are not exclusive.
-    """
+    """One search on a fresh study with ``workers`` Ray workers under ``isolation`` and
+    ``steps`` fine-tune steps per evaluation: evals/min, overheads, the exclusive-lock bound
+    and the latency-ratio error (:func:`ratio_error`)."""
     from amc import experiment
     from amc.config import load_config
     from amc.distributed import RayEvaluator
