@@ -9,6 +9,12 @@ as the dense latency minus the per-unit savings, each interpolated between the m
 NetAdapt, Yang et al. 2018). The table is what lets AMC's clipping and a search agent reason
 about latency without timing every candidate.
 
+Devices compute channels in blocks: a CPU convolution kernel vectorised over 8 channels costs
+about as much for 5 kept channels as for 8, so FLOPs undercount what a plan with odd channel
+counts costs. The FLOPs in the fit are counted with every kept channel count padded up to a
+multiple of :attr:`LatencyTable.block`, and the block is chosen when the table is measured: the
+candidate (1, 2, 4, 8, 16, 32) whose line fits the table's own timings best.
+
 Example:
     >>> table = LatencyTable.measure(model, x, analyze(model, x), "cpu", progress=False)
     >>> table.estimate({"conv1": 0.5}) < table.dense_ms
@@ -18,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +37,19 @@ from amc.units import UnitGraph
 
 LATENCY_TABLE_FORMAT = "amc.latency_table/1"
 DEFAULT_WIDTHS = (0.25, 0.5, 0.75)
+BLOCKS = (1, 2, 4, 8, 16, 32)  # channel blocks a measured table chooses from
+
+
+def padded(count: int, channels: int, block: int) -> int:
+    """``count`` of ``channels`` rounded up to a multiple of ``block`` (at most ``channels``).
+
+    Example:
+        >>> padded(5, 16, 8), padded(9, 12, 8), padded(3, 16, 1)
+        (8, 12, 3)
+    """
+    if block <= 1:
+        return count
+    return min(channels, -(-count // block) * block)
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,8 @@ class LatencyTable:
     fit: tuple[float, float] | None = None
     #: measured / estimated latency of the plans evaluated so far (online calibration)
     scale: float = 1.0
+    #: the FLOPs of the fit count each kept channel count padded up to a multiple of this
+    block: int = 1
 
     def saving(self, name: str, keep_ratio: float, nm: bool = False) -> float:
         """Milliseconds saved by cutting unit ``name`` to ``keep_ratio`` (and N:M if ``nm``)."""
@@ -101,7 +122,8 @@ class LatencyTable:
         Args:
             keep: unit name -> kept channel fraction; units not named stay dense.
             nm_choices: unit name -> whether the unit uses the N:M pattern.
-            flops_fraction: the plan's predicted FLOPs as a fraction of dense.
+            flops_fraction: the plan's predicted FLOPs as a fraction of dense, counted with
+                its channel counts padded to :attr:`block` (as the fit was).
         """
         nm_choices = nm_choices or {}
         names = set(keep) | {name for name, used in nm_choices.items() if used}
@@ -149,6 +171,7 @@ class LatencyTable:
             },
             "fit": list(self.fit) if self.fit else None,
             "scale": self.scale,
+            "block": self.block,
         }
 
     @classmethod
@@ -177,6 +200,7 @@ class LatencyTable:
                 meta=dict(data.get("meta") or {}),
                 fit=tuple(float(v) for v in data["fit"]) if data.get("fit") else None,  # type: ignore[arg-type]
                 scale=float(data.get("scale", 1.0)),
+                block=int(data.get("block", 1)),  # tables measured before blocks: proportional
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise PlanFormatError(
@@ -314,12 +338,11 @@ class LatencyTable:
                     kept = round(width * count)
                     measured[name][width] = time({name: UnitPlan(width, kept)})
                 bar.update(1)
-            anchor_ratios = []
+            anchor_ratios: list[tuple[dict[str, int], float]] = []
             for plan_units in anchor_plans.values():
                 if plan_units:
-                    channels = {name: unit.channels for name, unit in plan_units.items()}
-                    share = graph.predict(channels).flops / graph.dense_flops  # type: ignore[arg-type]
-                    anchor_ratios.append((share, time(plan_units)))
+                    kept_counts = {name: int(p.channels or 0) for name, p in plan_units.items()}
+                    anchor_ratios.append((kept_counts, time(plan_units)))
                 bar.update(1)
         finally:
             bar.close()
@@ -334,35 +357,112 @@ class LatencyTable:
             )  # fmt: skip
             dense_samples.append(stats.median_ms)
         dense_ms = float(np.median(dense_samples))
-        anchors = [(share, ratio * dense_ms) for share, ratio in anchor_ratios]
         for name, by_width in measured.items():
             measured[name] = {width: ratio * dense_ms for width, ratio in by_width.items()}
         nm_ms = {name: ratio * dense_ms for name, ratio in nm_ms.items()}
+        singles = [
+            ({name: round(width * graph.unit(name).channels)}, ms)
+            for name, by_width in measured.items()
+            for width, ms in by_width.items()
+        ]
+        anchors = [(kept, ratio * dense_ms) for kept, ratio in anchor_ratios]
+        block, block_rms = _choose_block(graph, singles, anchors, dense_ms)
         curves = {}
         for unit in chosen:
             points = sorted(measured[unit.name].items()) + [(1.0, dense_ms)]
             # Timing noise can make a narrower model look slower: keep each curve monotone.
             ms = np.minimum(np.maximum.accumulate([v for _, v in points]), dense_ms)
-            flops = [
-                graph.predict({unit.name: round(w * unit.channels)}).flops / graph.dense_flops
-                for w, _ in points
-            ]
             curves[unit.name] = UnitLatency(
                 widths=tuple(w for w, _ in points),
                 ms=tuple(float(v) for v in ms),
                 nm_ms=nm_ms.get(unit.name),
-                flops=tuple(flops),
             )
         meta: dict[str, Any] = {"warmup": warmup, "min_run_time": min_run_time}
         meta |= {"repeats": repeats, "threads": threads, "batch_size": _batch_size(example_inputs)}
         meta |= {"round_to": round_to, "nm": f"{nm[0]}:{nm[1]}" if nm else None}
-        return cls(
-            dense_ms=dense_ms,
+        meta |= {"block_rms": {str(b): rms for b, rms in block_rms.items()}}
+        meta |= {"anchor_channels": [dict(kept) for kept, _ in anchors]}
+        meta |= {"anchors": [[0.0, ms] for _, ms in anchors]}  # FLOPs filled in by at_block
+        table = cls(dense_ms=dense_ms, units=curves, device=str(device), meta=meta)
+        return table.at_block(graph, block)
+
+    def at_block(self, graph: UnitGraph, block: int) -> LatencyTable:
+        """The same timings with FLOPs counted in channel blocks of ``block``, the line refitted.
+
+        :meth:`measure` returns the table at the block that fits its timings best; this gives it
+        at another one (to compare estimates, or to override the choice). The FLOPs of every
+        curve point and anchor are recounted with each kept channel count padded up to a
+        multiple of ``block`` (see :func:`padded`).
+
+        Args:
+            graph: the model's :func:`amc.units.analyze` result (the one the table was timed on).
+            block: channel block, 1 for FLOPs as they are.
+        """
+        if block < 1:
+            raise ValueError(f"block must be a positive integer, got {block!r}.")
+        curves = {}
+        for name, curve in self.units.items():
+            channels = graph.unit(name).channels
+            flops = [
+                _flops_fraction(graph, {name: round(w * channels)}, block) for w in curve.widths
+            ]
+            curves[name] = replace(curve, flops=tuple(flops))
+        anchors = [
+            [_flops_fraction(graph, kept, block), float(ms)]
+            for kept, (_, ms) in zip(
+                self.meta.get("anchor_channels", []), self.meta.get("anchors", []), strict=False
+            )
+        ]
+        return replace(
+            self,
             units=curves,
-            device=str(device),
-            meta=meta | {"anchors": [list(a) for a in anchors]},
-            fit=_fit(curves, anchors, dense_ms),
+            meta={**self.meta, "anchors": anchors},
+            fit=_fit(curves, [(f, ms) for f, ms in anchors], self.dense_ms),
+            block=int(block),
         )
+
+
+def _flops_fraction(graph: UnitGraph, kept: Mapping[str, int], block: int) -> float:
+    """The FLOPs fraction of per-unit channel counts, each padded up to a multiple of ``block``."""
+    counts = {
+        name: padded(count, graph.unit(name).channels, block) for name, count in kept.items()
+    }
+    return graph.predict(counts).flops / graph.dense_flops  # type: ignore[operator]
+
+
+def _choose_block(
+    graph: UnitGraph,
+    singles: Sequence[tuple[Mapping[str, int], float]],
+    anchors: Sequence[tuple[Mapping[str, int], float]],
+    dense_ms: float,
+) -> tuple[int, dict[int, float]]:
+    """The channel block whose FLOPs line fits the measured table best, and each one's error.
+
+    For each candidate in :data:`BLOCKS` the line is fitted as :func:`_fit` fits it (anchors and
+    the dense point) on FLOPs counted with that block; its error is the root mean square of
+    the line's misses over every measured point, relative to the dense latency. The smallest
+    block within 2% of the best error wins (blocks the table's widths cannot tell apart, such
+    as 1, 2 and 4 when every measured count is a multiple of 4, fit alike). A line with a
+    negative fixed cost or slope is not a latency model and never wins.
+    """
+    errors: dict[int, float] = {}
+    points = list(singles) + list(anchors)
+    for block in BLOCKS:
+        xs = [_flops_fraction(graph, kept, block) for kept, _ in points]
+        ys = [ms / dense_ms for _, ms in points]
+        anchor_xs = xs[len(singles) :] + [1.0]
+        anchor_ys = ys[len(singles) :] + [1.0]
+        if len(set(anchor_xs)) < 2:  # a block wider than every unit: nothing to fit
+            continue
+        slope, fixed = np.polyfit(anchor_xs, anchor_ys, 1)
+        if slope <= 0 or fixed < 0:
+            continue
+        misses = np.asarray(ys + [1.0]) - (fixed + slope * np.asarray(xs + [1.0]))
+        errors[block] = float(np.sqrt(np.mean(misses**2)))
+    if not errors:
+        return 1, {}
+    best = min(errors.values())
+    return min(b for b, e in errors.items() if e <= best * 1.02 + 1e-12), errors
 
 
 def _fit(

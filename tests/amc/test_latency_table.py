@@ -1,15 +1,16 @@
-"""LatencyTable: measured per-unit curves, interpolation, additive estimates, JSON."""
+"""LatencyTable: measured per-unit curves, interpolation, additive estimates, blocks, JSON."""
 
 from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from amc.errors import PlanFormatError
-from amc.latency_table import LatencyTable, UnitLatency
+from amc.latency_table import LatencyTable, UnitLatency, padded
 from amc.space import SearchSpace
 from amc.units import analyze
 from tests.tiny_models import LeNet, TransformerNet
@@ -100,3 +101,60 @@ def test_synthetic_table_follows_flops() -> None:
     conv2 = graph.unit("conv2")
     expected = 2.0 * graph.predict({"conv2": conv2.channels // 2}).flops / graph.dense_flops
     assert table.estimate({"conv2": 0.5}) == pytest.approx(expected)
+
+
+def blocked_law(block: int) -> object:
+    """A fake ``measure_interleaved``: latency = 0.2 + multiply-adds with channels padded to
+    ``block`` (as a device that computes channels in blocks of ``block`` runs)."""
+
+    def pad(count: int) -> int:
+        return -(-count // block) * block
+
+    def cost(model: torch.nn.Module, x: torch.Tensor) -> float:
+        total = []
+
+        def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if isinstance(module, torch.nn.Conv2d):
+                k = module.kernel_size[0] * module.kernel_size[1]
+                spatial = output.shape[-1] * output.shape[-2]
+                total.append(pad(module.out_channels) * pad(module.in_channels) * k * spatial)
+            elif isinstance(module, torch.nn.Linear):
+                total.append(pad(module.out_features) * module.in_features)
+
+        handles = [m.register_forward_hook(hook) for m in model.modules()]
+        with torch.no_grad():
+            model(x)
+        for handle in handles:
+            handle.remove()
+        return 0.2 + sum(total) / 1e5
+
+    def measure(models: list, x: torch.Tensor, *args: object, **kwargs: object) -> list:
+        return [SimpleNamespace(median_ms=cost(model, x)) for model in models]
+
+    return measure
+
+
+@pytest.mark.parametrize("block", [1, 4, 8])
+def test_measure_finds_the_channel_block_the_device_computes_in(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("amc.latency_table.measure_interleaved", blocked_law(block))
+    model = LeNet().eval()
+    graph = analyze(model, X)
+    table = LatencyTable.measure(model, X, graph, "cpu", progress=False, **FAST)
+    assert table.block == block
+    assert str(block) in table.meta["block_rms"]  # every candidate block's error, kept
+    assert LatencyTable.from_json(json.loads(json.dumps(table.to_json()))) == table
+    space = SearchSpace.build(model, X, "latency=0.9", latency_table=table, graph=graph)
+    # conv2 has 16 channels: in blocks of 4, 5 of them cost what 8 cost; in blocks of 8, 4 do
+    four, five, eight = (space.cost_fraction({"conv2": c / 16}) for c in (4, 5, 8))
+    assert (five == eight) == (block >= 4)
+    assert (four == eight) == (block == 8)
+    assert four <= five <= eight
+
+
+def test_tables_without_a_block_read_as_proportional() -> None:
+    data = small_table().to_json()
+    del data["block"]
+    assert LatencyTable.from_json(data).block == 1
+    assert padded(5, 16, 8) == 8 and padded(13, 12, 8) == 12 and padded(5, 16, 1) == 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -401,3 +402,28 @@ def test_latency_calibration_never_makes_the_budget_unreachable() -> None:
     assert space.smallest_fraction() <= space.target.fraction
     fitted = space.make_plan(space.repair({name: 1.0 for name in space.names}))
     assert space.fits({n: u.keep_ratio for n, u in fitted.units.items()})
+
+
+@pytest.mark.parametrize("block", [1, 8])
+def test_plans_keep_the_channels_a_blocked_device_computes_anyway(block: int) -> None:
+    """With a table whose device computes channels in blocks of 8, 5 kept channels cost what 8
+    cost: the plan keeps 8 and its estimate does not move; with blocks of 1 nothing grows."""
+    _, _, graph = model_and_graph("resnet20")
+    table = replace(LatencyTable.synthetic(graph), fit=(0.2, 0.8), block=block)
+    space = space_for("resnet20", "latency=0.9", latency_table=table)
+    keep = {name: 0.3 for name in space.names}  # 16 -> 5, 32 -> 10, 64 -> 19 channels
+    assert space.fits(keep)
+    plan = space.make_plan(keep)
+    asked = space.channels(keep)
+    for name, unit_plan in plan.units.items():
+        dense = graph.unit(name).channels
+        if block == 1:
+            assert unit_plan.channels == asked[name], name
+        else:
+            assert unit_plan.channels == min(dense, -(-asked[name] // 8) * 8), name
+            assert unit_plan.keep_ratio == pytest.approx(unit_plan.channels / dense)
+    kept = {name: unit.keep_ratio for name, unit in plan.units.items()}
+    assert space.cost_fraction(kept) == pytest.approx(space.cost_fraction(keep))
+    validate_plan(plan, graph)  # raises on a plan the model cannot take
+    flops_space = space_for("resnet20", "flops=0.9")  # FLOPs grow with every channel: no growth
+    assert flops_space.make_plan(keep).units["conv1"].channels == asked["conv1"]
