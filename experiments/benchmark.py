@@ -522,7 +522,11 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
         progress=False, **args.lat_search,
     )  # fmt: skip
     build = functools.partial(build, latency_table=table)
-    task.latency_model[key] = "measured per-unit table (amc.latency_table)"
+    errors = ", ".join(f"{b}: {e:.3f}" for b, e in (table.meta.get("block_rms") or {}).items())
+    task.latency_model[key] = (
+        f"measured per-unit table (amc.latency_table), FLOPs counted in channel blocks of "
+        f"{table.block} (the line's error by block, fraction of dense: {errors})"
+    )
     if args.latency_model == "line":
         build = functools.partial(build, latency_table=linear_table(table))
         task.latency_model[key] = "the measured table's fitted line (--latency-model line)"
@@ -541,9 +545,9 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
         space.latency_table = replace(table, scale=scale)
         task.table_scale[key] = scale
         log(f"  latency table: {error} -> its estimate scaled by {scale:.3f}")
-        task.latency_model[key] = (
-            f"measured per-unit table (amc.latency_table), its estimate scaled by {scale:.3f} to "
-            f"start (auto: the table predicted the target unreachable: {error})"
+        task.latency_model[key] += (
+            f", its estimate scaled by {scale:.3f} to start (auto: the table predicted the "
+            f"target unreachable: {error})"
         )
     space.example_inputs = example  # plans are timed at the target's batch size
     task.spaces[key] = space
