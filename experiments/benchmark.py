@@ -164,6 +164,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--cifar10", default=None, help="local CIFAR-10 binary folder (enables resnet56)")
     add("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; quick 1)")
     add("--evals", type=int, default=None, help="plans each strategy evaluates (default 30)")
+    add(
+        "--distinct-evals",
+        action="store_true",
+        help="--evals counts distinct evaluated plans (asks until that many, at most 4x)",
+    )
     add("--finetune-steps", type=int, default=None, help="fine-tune steps per evaluation")
     add("--final-steps", type=int, default=None, help="final fine-tune steps of each best plan")
     add("--lr", type=float, default=0.01, help="fine-tune learning rate (both stages)")
@@ -370,7 +375,8 @@ def told(result: EvalResult) -> dict[str, float] | None:
 
 def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
                  args: argparse.Namespace, scale: float = 1.0) -> dict[str, Any]:  # fmt: skip
-    """Ask/evaluate/tell ``args.evals`` plans; return the trace and the best plan in budget."""
+    """Ask/evaluate/tell ``args.evals`` plans (distinct ones with ``--distinct-evals``); return
+    the trace and the best plan in budget."""
     start = time.perf_counter()
     calibrated = space.latency_table is not None and space.target.metric == "latency"
     if calibrated:  # every strategy starts from the table as measured (and scaled), uncalibrated
@@ -381,7 +387,12 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
     trace: list[dict[str, Any]] = []
     best: tuple[float, PruningPlan, EvalResult] | None = None
     fallback: tuple[float, PruningPlan, EvalResult] | None = None
-    for episode in range(args.evals):
+    # --distinct-evals: the budget is distinct evaluated plans (asks capped at 4x that), so a
+    # strategy whose proposals repeat (plans on a coarse channel lattice do) is not cut short
+    max_asks = args.evals * (4 if args.distinct_evals else 1)
+    episode = -1
+    while episode + 1 < max_asks and not (args.distinct_evals and len(cache) >= args.evals):
+        episode += 1
         [proposal] = agent.ask(1)
         key = plan_key(proposal.plan)
         reused = key in cache
@@ -422,7 +433,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         "in_budget": best is not None,
         "trace": trace,
         "wall_s": wall,
-        "evals": args.evals,
+        "evals": len(trace),
         "distinct": len(cache),
         "over_budget": sum(row["status"] == "over_budget" for row in trace),
         "failed": sum(row["status"] == "failed" for row in trace),
@@ -686,7 +697,8 @@ def summarise(runs: list[dict[str, Any]], target: Target, batch: int) -> dict[st
             item[f"ratios{b}"] = ratio
         for key in ("flops_ratio", "params_ratio", "wall_s"):
             item[key] = mean_std([row[key] for _, row in rows])
-        item["evals"] = rows[0][1]["evals"]
+        asks = [row["evals"] for _, row in rows]
+        item["evals"] = asks[0] if len(set(asks)) == 1 else f"{statistics.fmean(asks):.0f}"
         item["distinct"] = mean_std([row["distinct"] for _, row in rows])
         item["per_min"] = mean_std([row["distinct"] / (row["wall_s"] / 60) for _, row in rows])
         search = [row.get("search_accuracy") for _, row in rows]
@@ -976,7 +988,13 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         + f"**{args.finetune_steps} "
         f"fine-tune steps** (SGD lr {args.lr}, batch {args.batch_size}), accuracy on "
         "the validation samples, latency (1 thread). A plan repeated within one search reuses "
-        "its result (so `uniform` evaluates one plan); evals/min count distinct evaluations.",
+        "its result (so `uniform` evaluates one plan); evals/min count distinct evaluations."
+        + (
+            f" **The budget counts distinct plans** (`--distinct-evals`): each strategy asks "
+            f"until {args.evals} distinct plans are evaluated, at most {4 * args.evals} asks."
+            if args.distinct_evals
+            else ""
+        ),
         "- Peers: Torch-Pruning `MetaPruner(GroupMagnitudeImportance(p=1), ignored_layers="
         f"[classifier], max_pruning_ratio={1 - args.lower_bound:g})`, uniform "
         "(`global_pruning=False`) and global (`global_pruning=True`); `pruning_ratio` bisected "

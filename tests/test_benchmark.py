@@ -90,3 +90,36 @@ def test_a_table_predicting_the_target_unreachable_starts_scaled_to_fit() -> Non
     assert 0 < scale < 1 and space.latency_table.scale == scale
     assert 0.02 * (1 - 1e-5) <= space.smallest_fraction() <= 0.02  # just fits
     assert f"scaled by {scale:.3f}" in task.latency_model["latency=0.02@1"]
+
+
+class CountingWorkload:
+    """Scores plans by their kept channels, as the benchmark's Workload would by accuracy."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def evaluate(self, plan: object) -> object:
+        from amc.evaluate import EvalResult
+
+        self.calls += 1
+        kept = sum(unit.channels or 0 for unit in plan.units.values())  # type: ignore[attr-defined]
+        return EvalResult(status="ok", accuracy=kept / 1000, flops=1, params=1)
+
+
+@pytest.mark.parametrize("distinct", [False, True])
+def test_the_evaluation_budget_counts_asks_or_distinct_plans(distinct: bool) -> None:
+    import torch
+
+    from amc.space import SearchSpace
+    from amc.zoo import get_model
+
+    model = get_model("resnet20", in_channels=1, num_classes=10).eval()
+    space = SearchSpace.build(model, torch.randn(1, 1, 16, 16), "flops=0.5")
+    flags = ["--quick", "--evals", "4"] + (["--distinct-evals"] if distinct else [])
+    args = benchmark.parse_args(flags)
+    for name, asks, evaluated in (("uniform", 16, 1), ("random", 4, 4)):
+        workload = CountingWorkload()
+        found = benchmark.run_strategy(name, space, workload, 0, args)  # type: ignore[arg-type]
+        if not distinct:
+            asks, evaluated = 4, min(evaluated, 4)
+        assert (found["evals"], found["distinct"], workload.calls) == (asks, evaluated, evaluated)
