@@ -8,6 +8,13 @@ ratios are repaired onto the budget with ``space.repair`` so every plan is feasi
 trial is told the value of the repaired plan (repair is part of the objective).
 ``tell`` is ``study.tell(trial, value)``; a failed evaluation is ``TrialState.FAIL``.
 
+Plans live on a lattice (whole channels, and with a blocked latency table whole channel
+blocks), so nearby samples often repair to the same plan: TPE, exploiting its best region,
+would propose one plan over and over. A sample whose plan this agent was already told a result
+for is told that result at once (the sampler learns the region is known) and the sampler draws
+again, up to :data:`MAX_REPEATS` samples per proposal (a sampler that has converged on one plan
+then proposes it again). Those tells are logged like any other, so resume re-executes them.
+
 Objectives: single-objective agents maximise ``result["reward"]``. ``nsga2`` (and ``tpe`` with
 ``multi_objective=True``) maximise ``result["accuracy"]`` and minimise ``result["latency_ms"]``;
 :meth:`OptunaAgent.pareto_front` lists the non-dominated trials.
@@ -57,6 +64,8 @@ PARETO_DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "m
 # Trials a lost checkpoint window can hold that did not complete (in flight at the kill, or
 # failed): a re-ask skips at most this many to reach a recorded trial (see rebuild_replay).
 MAX_REPLAY_GAP = 100
+# Samples whose plan already has a result, told that result and drawn again, per proposal.
+MAX_REPEATS = 20
 
 
 class OptunaAgent(Agent):
@@ -92,6 +101,8 @@ class OptunaAgent(Agent):
         finally:
             optuna.logging.set_verbosity(verbosity)
         self._running: dict[int, optuna.trial.Trial | int] = {}  # asked, not yet told
+        self._plan_of: dict[int, tuple[Any, ...]] = {}  # trial number -> its plan's key
+        self._known: dict[tuple[Any, ...], list[float]] = {}  # plan key -> values told
         self.episode = 0
 
     def _distributions(self) -> dict[str, Any]:
@@ -110,8 +121,22 @@ class OptunaAgent(Agent):
     # -- ask / tell --------------------------------------------------------------------------
 
     def ask(self, n: int = 1) -> list[Proposal]:
-        """``n`` new trials, each sampled, repaired onto the budget and turned into a plan."""
-        return [self._ask_one() for _ in range(n)]
+        """``n`` new trials, each sampled, repaired onto the budget and turned into a plan
+        this agent has no result for yet (see :data:`MAX_REPEATS`)."""
+        return [self._ask_new() for _ in range(n)]
+
+    def _ask_new(self) -> Proposal:
+        for attempt in range(1, MAX_REPEATS + 1):
+            proposal = self._ask_one()
+            number = proposal.info["trial"]
+            values = self._known.get(self._plan_of[number])
+            if values is None or attempt == MAX_REPEATS:  # a converged sampler: propose it
+                return proposal
+            # a plan already evaluated: the sampler hears its result and draws again
+            self.episode -= 1
+            self._log.append({"tell": number, "values": values, "repeat": True})
+            self._tell_one(number, values)
+        raise AssertionError("unreachable: the last attempt returns")
 
     def _ask_one(self) -> Proposal:
         with warnings.catch_warnings():
@@ -120,7 +145,9 @@ class OptunaAgent(Agent):
         raw = dict(trial.params)
         self._running[trial.number] = trial
         self._log.append({"ask": trial.number, "params": raw})
-        return self._proposal(trial.number, raw)
+        proposal = self._proposal(trial.number, raw)
+        self._plan_of[trial.number] = proposal.plan.key()
+        return proposal
 
     def _proposal(self, number: int, raw: Mapping[str, Any]) -> Proposal:
         keep = {unit.name: float(raw.get(f"keep:{unit.name}", 1.0)) for unit in self.space.units}
@@ -196,6 +223,9 @@ class OptunaAgent(Agent):
 
     def _tell_one(self, number: int, values: list[float] | None) -> None:
         trial = self._running.pop(number)
+        key = self._plan_of.pop(number, None)
+        if key is not None and values is not None:
+            self._known[key] = list(values)
         if values is None:
             self.study.tell(trial, state=TrialState.FAIL)
         else:
@@ -332,9 +362,17 @@ class OptunaAgent(Agent):
         if not isinstance(number, int) or not 0 <= number - ahead <= MAX_REPLAY_GAP:
             return "not_next"
         for _ in range(number - ahead):
-            # no completed result: failed (told at once, as a sequential search does) or in
-            # flight at the kill (its re-run is told as data)
-            self._fail(self._ask_one().info["trial"])
+            # no completed result: a repeat of a known plan (told its result, as ask did),
+            # failed (told at once, as a sequential search does) or in flight at the kill
+            # (its re-run is told as data)
+            skipped = self._ask_one().info["trial"]
+            known = self._known.get(self._plan_of[skipped])
+            if known is not None:
+                self.episode -= 1
+                self._log.append({"tell": skipped, "values": known, "repeat": True})
+                self._tell_one(skipped, known)
+            else:
+                self._fail(skipped)
         drawn = self._ask_one()
         if dict(drawn.info["optuna_params"]) != dict(raw):
             self._fail(number)
@@ -414,6 +452,8 @@ class OptunaAgent(Agent):
                     return False
                 self._tell_one(number, entry["values"])
                 self._log.append(dict(entry))
+                if entry.get("repeat"):
+                    self.episode -= 1
         return True
 
     def _rebuild_from_data(self, log: list[dict[str, Any]]) -> None:
@@ -432,6 +472,8 @@ class OptunaAgent(Agent):
                 told = entry["tell"] if entry["tell"] is not None else anonymous
                 assert told is not None, "a logged tell always follows its ask"
                 self._tell_one(told, entry["values"])
+                if entry.get("repeat"):
+                    self.episode -= 1
         self._log = [dict(entry) for entry in log]
 
 

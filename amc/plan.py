@@ -72,6 +72,12 @@ class PruningPlan:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
+    def key(self) -> tuple[Any, ...]:
+        """What makes two plans the same pruned model: each unit's kept channels, N:M pattern
+        and sparsity, and the skipped blocks (not the keep ratios asked, nor provenance)."""
+        units = sorted((n, u.channels, u.nm, u.sparsity) for n, u in self.units.items())
+        return tuple(units), tuple(self.skip)
+
     def to_json(self) -> dict[str, Any]:
         """The plan as a JSON-ready dict in format ``amc.plan/1``."""
         return {

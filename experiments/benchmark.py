@@ -357,10 +357,6 @@ def agent_settings(name: str, evals: int) -> dict[str, Any]:
     return {}
 
 
-def plan_key(plan: PruningPlan) -> tuple[Any, ...]:
-    return tuple(sorted((name, unit.channels, unit.nm) for name, unit in plan.units.items()))
-
-
 def told(result: EvalResult) -> dict[str, float] | None:
     """What the agent is told, as ``amc.search.run_search`` tells it (None unless ok)."""
     if not result.ok:
@@ -394,7 +390,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
     while episode + 1 < max_asks and not (args.distinct_evals and len(cache) >= args.evals):
         episode += 1
         [proposal] = agent.ask(1)
-        key = plan_key(proposal.plan)
+        key = proposal.plan.key()
         reused = key in cache
         if not reused:
             cache[key] = workload.evaluate(proposal.plan)

@@ -56,9 +56,20 @@ def run(agent: Agent, scorer: HiddenSensitivity, rounds: list[str]) -> list[Any]
     return completed
 
 
+def repeats(agent: Any) -> set[int]:
+    """Trials the agent told itself: samples of a plan it already had a result for."""
+    return {entry["tell"] for entry in agent._log if entry.get("repeat")}
+
+
 def complete(agent: Any) -> list[tuple[int, dict[str, Any], list[float]]]:
+    """The completed trials that were proposed (repeats of a known plan left out)."""
     trials = agent.study.get_trials(deepcopy=False)
-    return [(t.number, t.params, t.values) for t in trials if t.state.name == "COMPLETE"]
+    skip = repeats(agent)
+    return [
+        (t.number, t.params, t.values)
+        for t in trials
+        if t.state.name == "COMPLETE" and t.number not in skip
+    ]
 
 
 def trials(agent: Any) -> list[tuple[int, str, dict[str, Any], list[float] | None]]:
@@ -354,3 +365,30 @@ def test_resume_from_a_lagging_checkpoint_in_a_stored_study(
     assert resumed.rebuild_replay(_told(record, Proposal)) == 4
     assert complete(resumed) == complete(agent)
     assert signature(resumed.ask(2)) == signature(agent.ask(2))
+
+
+@pytest.mark.parametrize("name", OPTUNA)
+def test_a_plan_with_a_result_is_not_proposed_again(
+    name: str, lenet_space: Any, scorer: HiddenSensitivity
+) -> None:
+    """Samples that repair to a plan already told are told its result and drawn again: every
+    proposal is a new plan, and the repeats replay exactly from the state."""
+    from agents.optuna_agent import MAX_REPEATS
+
+    agent = make(name, lenet_space, seed=0)
+    seen: set[Any] = set()
+    for _ in range(25):
+        before = len(repeats(agent))
+        [proposal] = agent.ask(1)
+        key = proposal.plan.key()
+        if key in seen:  # only once MAX_REPEATS samples in a row were known plans
+            assert len(repeats(agent)) - before == MAX_REPEATS - 1
+        seen.add(key)
+        agent.tell([proposal], [scorer(proposal.plan)])
+    assert len(seen) >= 15
+    assert repeats(agent), "the tiny space makes samples collide: some were repeats"
+    assert [p.episode for p in [agent.ask(1)[0]]] == [25]  # repeats take no episode
+    again = make(name, lenet_space, seed=0)
+    again.load_state_dict(round_trip(agent.state_dict()))
+    assert trials(again) == trials(agent)
+    assert signature(again.ask(1)) == signature(agent.ask(1))

@@ -145,3 +145,11 @@ def test_attention_units_refuse_channel_cuts() -> None:
         "keep_ratio must be 1, use nm or sparsity instead"
     )):  # fmt: skip
         validate_plan(plan, graph)
+
+
+def test_key_names_the_pruned_model_not_the_ratios_asked() -> None:
+    a = PruningPlan(units={"c": UnitPlan(0.41, 5), "d": UnitPlan(1.0, 8)}, provenance={"x": 1})
+    b = PruningPlan(units={"d": UnitPlan(1.0, 8), "c": UnitPlan(0.44, 5)})
+    assert a.key() == b.key()
+    assert a.key() != PruningPlan(units={"c": UnitPlan(0.41, 5, (2, 4)), "d": UnitPlan()}).key()
+    assert a.key() != PruningPlan(units=a.units, skip=("layer1.0",)).key()
