@@ -472,9 +472,7 @@ class SearchSpace:
         Every unit of the model appears; units that are not searched stay dense. An N:M choice is
         dropped where the unit's (pruned) input size is not a multiple of M. If rounding or a
         dropped N:M choice pushed the plan over budget, the keep map is tightened with
-        :meth:`repair` (``fill=False``) before the plan is made. Against a latency table that
-        computes channels in blocks, each unit then keeps the channels its block computes
-        anyway (see :meth:`_free_channels`), so its keep ratio can come out above the one asked.
+        :meth:`repair` (``fill=False``) before the plan is made.
 
         Args:
             keep: unit name -> keep ratio.
@@ -497,14 +495,11 @@ class SearchSpace:
                 f"fraction is {self.smallest_fraction():.4f}."
             )
         channels = self.channels(keep)
-        free = self._free_channels(channels, nm_used)
         units = {}
         for unit in self.graph.units:
             if unit.name in channels:
                 ratio = self._bounded(unit, keep.get(unit.name, 1.0))
-                count = free[unit.name]
-                if count != channels[unit.name]:
-                    ratio = count / unit.channels
+                count = channels[unit.name]
             else:
                 ratio, count = 1.0, unit.channels
             pattern = self.nm if unit.name in nm_used else None
@@ -552,33 +547,6 @@ class SearchSpace:
         else:
             flops_fraction = self._cost.cost(ratios)[0] / self.graph.dense_flops
         return table.estimate(ratios, dict.fromkeys(nm_used, True), flops_fraction)
-
-    def _free_channels(self, channels: dict[str, int], nm_used: set[str]) -> dict[str, int]:
-        """Grow each unit to the top of its channel block where that costs no latency.
-
-        With a latency table whose device computes channels in blocks (:attr:`LatencyTable.block`
-        > 1) a unit cut to 5 of 16 channels is estimated to run as fast as one cut to 8: the
-        three extra channels are free, so the plan keeps them. Counts stay multiples of
-        ``round_to``; a unit whose growth would change the estimate (it cannot with a fitted
-        table, but an N:M pattern the new input size no longer holds could) keeps its count.
-        """
-        table = self.latency_table
-        if self.target.metric != "latency" or table is None or table.block <= 1:
-            return channels
-        before = self._fraction(channels, nm_used)
-        grown = dict(channels)
-        for unit in self._units:
-            if not unit.channel_prunable:
-                continue
-            count = padded(channels[unit.name], unit.channels, table.block)
-            if count == channels[unit.name] or (count % self.round_to and count != unit.channels):
-                continue
-            trial = grown | {unit.name: count}
-            if self._fitting_nm(trial, nm_used) == self._fitting_nm(grown, nm_used) and (
-                self._fraction(trial, nm_used) <= before
-            ):
-                grown = trial
-        return grown
 
     def _nm_used(self, nm_choices: Mapping[str, bool]) -> set[str]:
         return {name for name, used in nm_choices.items() if used and self.offers_nm(name)}

@@ -405,25 +405,19 @@ def test_latency_calibration_never_makes_the_budget_unreachable() -> None:
 
 
 @pytest.mark.parametrize("block", [1, 8])
-def test_plans_keep_the_channels_a_blocked_device_computes_anyway(block: int) -> None:
-    """With a table whose device computes channels in blocks of 8, 5 kept channels cost what 8
-    cost: the plan keeps 8 and its estimate does not move; with blocks of 1 nothing grows."""
+def test_a_blocked_table_prices_channels_by_the_block_and_plans_keep_what_was_asked(
+    block: int,
+) -> None:
+    """With blocks of 8, 9 kept channels of 16 are estimated like 16 and 10 of 32 like 16;
+    plans keep the counts asked (measured, growing 6/13/27 to 8/16/32 costs latency)."""
     _, _, graph = model_and_graph("resnet20")
     table = replace(LatencyTable.synthetic(graph), fit=(0.2, 0.8), block=block)
     space = space_for("resnet20", "latency=0.9", latency_table=table)
+    conv1 = graph.unit("conv1").channels  # 16, the stem's unit
+    nine, sixteen = (space.cost_fraction({"conv1": c / conv1}) for c in (9, 16))
+    assert (nine == sixteen) == (block == 8)
     keep = {name: 0.3 for name in space.names}  # 16 -> 5, 32 -> 10, 64 -> 19 channels
-    assert space.fits(keep)
     plan = space.make_plan(keep)
     asked = space.channels(keep)
-    for name, unit_plan in plan.units.items():
-        dense = graph.unit(name).channels
-        if block == 1:
-            assert unit_plan.channels == asked[name], name
-        else:
-            assert unit_plan.channels == min(dense, -(-asked[name] // 8) * 8), name
-            assert unit_plan.keep_ratio == pytest.approx(unit_plan.channels / dense)
-    kept = {name: unit.keep_ratio for name, unit in plan.units.items()}
-    assert space.cost_fraction(kept) == pytest.approx(space.cost_fraction(keep))
+    assert {name: unit.channels for name, unit in plan.units.items()} == asked
     validate_plan(plan, graph)  # raises on a plan the model cannot take
-    flops_space = space_for("resnet20", "flops=0.9")  # FLOPs grow with every channel: no growth
-    assert flops_space.make_plan(keep).units["conv1"].channels == asked["conv1"]
