@@ -132,11 +132,15 @@ class OptunaAgent(Agent):
             values = self._known.get(self._plan_of[number])
             if values is None or attempt == MAX_REPEATS:  # a converged sampler: propose it
                 return proposal
-            # a plan already evaluated: the sampler hears its result and draws again
-            self.episode -= 1
-            self._log.append({"tell": number, "values": values, "repeat": True})
-            self._tell_one(number, values)
+            self._tell_repeat(number, values)  # the sampler hears it, and draws again
         raise AssertionError("unreachable: the last attempt returns")
+
+    def _tell_repeat(self, number: int, values: list[float]) -> None:
+        """Tell trial ``number``, whose plan was evaluated before, that plan's result; it
+        takes no episode (it is never proposed)."""
+        self.episode -= 1
+        self._log.append({"tell": number, "values": values, "repeat": True})
+        self._tell_one(number, values)
 
     def _ask_one(self) -> Proposal:
         with warnings.catch_warnings():
@@ -368,9 +372,7 @@ class OptunaAgent(Agent):
             skipped = self._ask_one().info["trial"]
             known = self._known.get(self._plan_of[skipped])
             if known is not None:
-                self.episode -= 1
-                self._log.append({"tell": skipped, "values": known, "repeat": True})
-                self._tell_one(skipped, known)
+                self._tell_repeat(skipped, known)
             else:
                 self._fail(skipped)
         drawn = self._ask_one()

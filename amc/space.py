@@ -539,14 +539,11 @@ class SearchSpace:
     def _latency(self, channels: Mapping[str, int], nm_used: set[str]) -> float:
         table = self.latency_table
         assert table is not None
-        ratios = self._ratios(channels)
-        if table.block > 1:  # the device computes channels in blocks: count FLOPs that way
-            dense = self._dense_channels
-            blocked = {name: padded(c, dense[name], table.block) for name, c in channels.items()}
-            flops_fraction = self._cost.cost(self._ratios(blocked))[0] / self.graph.dense_flops
-        else:
-            flops_fraction = self._cost.cost(ratios)[0] / self.graph.dense_flops
-        return table.estimate(ratios, dict.fromkeys(nm_used, True), flops_fraction)
+        # FLOPs as the table's fit counts them: each channel count padded to the table's block
+        dense = self._dense_channels
+        blocked = {name: padded(c, dense[name], table.block) for name, c in channels.items()}
+        flops_fraction = self._cost.cost(self._ratios(blocked))[0] / self.graph.dense_flops
+        return table.estimate(self._ratios(channels), dict.fromkeys(nm_used, True), flops_fraction)
 
     def _nm_used(self, nm_choices: Mapping[str, bool]) -> set[str]:
         return {name for name, used in nm_choices.items() if used and self.offers_nm(name)}

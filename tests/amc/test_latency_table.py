@@ -143,7 +143,7 @@ def test_measure_finds_the_channel_block_the_device_computes_in(
     graph = analyze(model, X)
     table = LatencyTable.measure(model, X, graph, "cpu", progress=False, **FAST)
     assert table.block == block
-    assert str(block) in table.meta["block_rms"]  # every candidate block's error, kept
+    assert str(block) in table.meta["block_rms"]  # the error of each block with a line
     assert LatencyTable.from_json(json.loads(json.dumps(table.to_json()))) == table
     space = SearchSpace.build(model, X, "latency=0.9", latency_table=table, graph=graph)
     # conv2 has 16 channels: in blocks of 4, 5 of them cost what 8 cost; in blocks of 8, 4 do

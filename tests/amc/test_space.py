@@ -408,8 +408,8 @@ def test_latency_calibration_never_makes_the_budget_unreachable() -> None:
 def test_a_blocked_table_prices_channels_by_the_block_and_plans_keep_what_was_asked(
     block: int,
 ) -> None:
-    """With blocks of 8, 9 kept channels of 16 are estimated like 16 and 10 of 32 like 16;
-    plans keep the counts asked (measured, growing 6/13/27 to 8/16/32 costs latency)."""
+    """With blocks of 8, 9 kept channels of 16 are estimated like 16; plans keep the counts
+    asked (measured, growing 6/13/27 to 8/16/32 costs latency)."""
     _, _, graph = model_and_graph("resnet20")
     table = replace(LatencyTable.synthetic(graph), fit=(0.2, 0.8), block=block)
     space = space_for("resnet20", "latency=0.9", latency_table=table)
