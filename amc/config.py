@@ -62,6 +62,10 @@ class LatencyConfig(_Strict):
     table_widths: tuple[float, ...] = (0.25, 0.5, 0.75)
     table_min_run_time: float = Field(0.2, gt=0)
     table_repeats: int = Field(10, ge=1)
+    table_kernels: bool = Field(
+        True, description="also time each Conv/Linear layer alone on a grid of channel counts"
+    )
+    table_kernel_grid: int = Field(16, ge=2, description="channel counts timed per unit at most")
 
 
 class AgentConfig(_Strict):

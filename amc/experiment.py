@@ -175,6 +175,8 @@ def prepare(
             "min_run_time": config.latency.table_min_run_time,
             "repeats": config.latency.table_repeats,
             "warmup": config.latency.warmup,
+            "kernels": config.latency.table_kernels,
+            "kernel_options": {"grid": config.latency.table_kernel_grid},
         },
     )
     return Experiment(config, spec, workload, space, config.study_name())

@@ -33,6 +33,7 @@ import numpy as np
 from torch import nn
 
 from amc.errors import PlanFormatError, PlanMismatchError
+from amc.kernel_table import KernelTable
 from amc.measure import measure_interleaved
 from amc.plan import PruningPlan, UnitPlan, channels_for
 from amc.units import UnitGraph
@@ -96,6 +97,9 @@ class LatencyTable:
     scale: float = 1.0
     #: the FLOPs of the fit count each kept channel count padded up to a multiple of this
     block: int = 1
+    #: per-layer kernel timings; when present the line is fitted on their summed fraction
+    #: (:meth:`KernelTable.fraction`) instead of on FLOPs, and ``block`` only records the choice
+    kernels: KernelTable | None = None
 
     def saving(self, name: str, keep_ratio: float, nm: bool = False) -> float:
         """Milliseconds saved by cutting unit ``name`` to ``keep_ratio`` (and N:M if ``nm``)."""
@@ -113,21 +117,28 @@ class LatencyTable:
         keep: Mapping[str, float],
         nm_choices: Mapping[str, bool] | None = None,
         flops_fraction: float | None = None,
+        channels: Mapping[str, int] | None = None,
     ) -> float:
         """Estimated latency (ms) of a plan.
 
         With a fit and the plan's FLOPs fraction: the fitted line ``fixed + slope * FLOPs``
         through the measured dense latency, times the online calibration ``scale``. Cutting two
         coupled units shrinks a layer by the product of their ratios, which the FLOPs term
-        captures and a plain sum of per-unit savings (the fallback) over-counts.
+        captures and a plain sum of per-unit savings (the fallback) over-counts. With
+        :attr:`kernels` and the plan's channel counts, the line runs on the plan's summed
+        kernel timings (as a fraction of the dense sum) instead of its FLOPs.
 
         Args:
             keep: unit name -> kept channel fraction; units not named stay dense.
             nm_choices: unit name -> whether the unit uses the N:M pattern.
             flops_fraction: the plan's predicted FLOPs as a fraction of dense, counted with
                 its channel counts padded to :attr:`block` (as the fit was).
+            channels: unit name -> channels kept (units not named stay dense); with
+                :attr:`kernels`, what the estimate is read from.
         """
         nm_choices = nm_choices or {}
+        if self.kernels is not None and channels is not None:
+            flops_fraction = self.kernels.fraction(channels)
         names = set(keep) | {name for name, used in nm_choices.items() if used}
         if self.fit is None or flops_fraction is None:
             saved = sum(
@@ -174,6 +185,7 @@ class LatencyTable:
             "fit": list(self.fit) if self.fit else None,
             "scale": self.scale,
             "block": self.block,
+            "kernels": self.kernels.to_json() if self.kernels is not None else None,
         }
 
     @classmethod
@@ -203,6 +215,7 @@ class LatencyTable:
                 fit=tuple(float(v) for v in data["fit"]) if data.get("fit") else None,  # type: ignore[arg-type]
                 scale=float(data.get("scale", 1.0)),
                 block=int(data.get("block", 1)),  # tables measured before blocks: proportional
+                kernels=KernelTable.from_json(data["kernels"]) if data.get("kernels") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise PlanFormatError(
@@ -267,8 +280,11 @@ class LatencyTable:
         min_run_time: float = 0.2,
         repeats: int = 10,
         threads: int | None = None,
+        kernels: bool = True,
+        lower_bound: float = 0.2,
+        kernel_options: Mapping[str, Any] | None = None,
     ) -> LatencyTable:
-        """Time the model with each unit alone cut to each of ``widths``.
+        """Time the model with each unit alone cut to each of ``widths``, and its layers.
 
         Args:
             model: the dense model (not modified).
@@ -284,6 +300,11 @@ class LatencyTable:
             warmup, min_run_time, repeats, threads: passed to
                 :func:`amc.measure.measure_interleaved` (``repeats`` rounds of the cut and the
                 dense model, about ``min_run_time`` seconds for both), once per entry.
+            kernels: also time every Conv/Linear layer alone on a grid of channel counts
+                (:class:`amc.kernel_table.KernelTable`) and estimate from their sum.
+            lower_bound: the kernel grid covers the counts from this (the space's) up.
+            kernel_options: more keyword arguments for :meth:`KernelTable.measure` (``grid``,
+                ``block_s``, ``passes``, ``seed``).
         """
         from amc.prune import apply_plan  # prune imports plan, which imports units: no cycle
 
@@ -386,13 +407,42 @@ class LatencyTable:
         meta |= {"anchor_channels": [dict(kept) for kept, _ in anchors]}
         meta |= {"anchors": [[0.0, ms] for _, ms in anchors]}  # FLOPs filled in by at_block
         table = cls(dense_ms=dense_ms, units=curves, device=str(device), meta=meta)
-        return table.at_block(graph, block)
+        table = table.at_block(graph, block)
+        if not kernels:
+            return table
+        timed = KernelTable.measure(
+            model, example_inputs, graph, device, lower_bound=lower_bound, round_to=round_to,
+            threads=threads, progress=progress, **dict(kernel_options or {}),
+        )  # fmt: skip
+        return table.with_kernels(timed)
+
+    def with_kernels(self, kernels: KernelTable) -> LatencyTable:
+        """The same timings estimated from ``kernels``: the line refitted on their sum.
+
+        The anchors' kernel fractions become the line's x; ``meta["kernel_rms"]`` records the
+        line's error over every measured point (single-unit cuts and anchors), relative to the
+        dense latency, as ``meta["block_rms"]`` does for the FLOPs lines.
+        """
+        kept = [dict(k) for k in self.meta.get("anchor_channels", [])]
+        anchor_ms = [float(ms) for _, ms in self.meta.get("anchors", [])]
+        anchors = [(kernels.fraction(k), ms) for k, ms in zip(kept, anchor_ms, strict=False)]
+        line = _fit({}, anchors, self.dense_ms)
+        meta = dict(self.meta)
+        if line is not None:
+            singles = [
+                (kernels.fraction({name: round(w * kernels.dense[name])}), ms)
+                for name, curve in self.units.items()
+                for w, ms in zip(curve.widths[:-1], curve.ms[:-1], strict=True)
+            ]
+            meta["kernel_rms"] = _rms([*singles, *anchors], self.dense_ms, line)
+        return replace(self, kernels=kernels, fit=line, meta=meta)
 
     def at_block(self, graph: UnitGraph, block: int) -> LatencyTable:
         """The same timings with FLOPs counted in channel blocks of ``block``, the line refitted.
 
-        :meth:`measure` returns the table at the block that fits its timings best; this gives it
-        at another one (to compare estimates, or to override the choice). The FLOPs of every
+        :meth:`measure` returns the table at the block that fits its timings best (estimating
+        from its kernel timings when it has them); this gives it at another one, without the
+        kernel timings (to compare estimates, or to override the choice). The FLOPs of every
         curve point and anchor are recounted with each kept channel count padded up to a
         multiple of ``block`` (see :func:`padded`).
 
@@ -421,6 +471,7 @@ class LatencyTable:
             meta={**self.meta, "anchors": anchors},
             fit=_fit(curves, [(f, ms) for f, ms in anchors], self.dense_ms),
             block=int(block),
+            kernels=None,
         )
 
 
@@ -456,12 +507,20 @@ def _choose_block(
         line = _fit({}, anchor_points, dense_ms)
         if line is None or line[0] < 0:  # nothing to fit (a block wider than every unit), or
             continue  # a line that is no latency model
-        misses = ms - (line[0] + line[1] * np.asarray(xs + [1.0]))
-        errors[block] = float(np.sqrt(np.mean(misses**2))) / dense_ms
+        errors[block] = _rms(list(zip(xs, ms[:-1], strict=True)), dense_ms, line)
     if not errors:
         return 1, {}
     best = min(errors.values())
     return min(b for b, e in errors.items() if e <= best * 1.02 + 1e-12), errors
+
+
+def _rms(
+    points: Sequence[tuple[float, float]], dense_ms: float, line: tuple[float, float]
+) -> float:
+    """Root mean square miss of ``line`` over ``points`` (x, ms) and the dense point, / dense."""
+    xs = np.asarray([x for x, _ in points] + [1.0])
+    ms = np.asarray([m for _, m in points] + [dense_ms])
+    return float(np.sqrt(np.mean((ms - (line[0] + line[1] * xs)) ** 2))) / dense_ms
 
 
 def _fit(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -288,6 +289,30 @@ def measure_interleaved(
             )
         )
     return stats
+
+
+def time_call(
+    module: Any,
+    args: tuple[Any, ...],
+    device: torch.device,
+    *,
+    block_s: float = 0.002,
+    blocks: int = 3,
+    warmup: int = 2,
+) -> float:
+    """Median seconds per call of ``module(*args)`` on ``device`` over ``blocks`` short blocks.
+
+    For timing many small pieces (one layer at many widths, :mod:`amc.kernel_table`): the
+    number of calls per block is sized from one timed call to last about ``block_s``.
+    The caller sets threads and inference mode.
+    """
+    for _ in range(warmup):
+        module(*args)
+    single = _time_block(module, args, 1, device)
+    number = max(1, math.ceil(block_s / max(single, 1e-7)))
+    return statistics.median(
+        _time_block(module, args, number, device) / number for _ in range(blocks)
+    )
 
 
 def _time_block(model: Any, args: tuple[Any, ...], number: int, target: torch.device) -> float:

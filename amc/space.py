@@ -217,10 +217,10 @@ class SearchSpace:
                     f"Target {parsed} needs a device to measure latency on, but device=None. "
                     f"Pass device='cpu' or 'cuda', or a measured latency_table."
                 )
+            options = {"lower_bound": lower_bound, **dict(latency_options or {})}
             latency_table = LatencyTable.measure(
-                model, example_inputs, graph, device, nm=nm, round_to=round_to,
-                **dict(latency_options or {}),
-            )  # fmt: skip
+                model, example_inputs, graph, device, nm=nm, round_to=round_to, **options
+            )
         return cls(
             model=model,
             example_inputs=example_inputs,
@@ -539,6 +539,10 @@ class SearchSpace:
     def _latency(self, channels: Mapping[str, int], nm_used: set[str]) -> float:
         table = self.latency_table
         assert table is not None
+        if table.kernels is not None:  # the line runs on the plan's summed kernel timings
+            return table.estimate(
+                self._ratios(channels), dict.fromkeys(nm_used, True), channels=channels
+            )
         # FLOPs as the table's fit counts them: each channel count padded to the table's block
         dense = self._dense_channels
         blocked = {name: padded(c, dense[name], table.block) for name, c in channels.items()}

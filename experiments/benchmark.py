@@ -189,9 +189,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--threads", type=int, default=1, help="torch threads for everything")
     add(
         "--latency-model",
-        choices=("auto", "table", "line"),
+        choices=("auto", "table", "blocks", "line"),
         default="auto",
-        help="latency estimate of the search space (auto: table, scaled to fit if infeasible)",
+        help="latency estimate of the search space (table: the measured table, from per-layer "
+        "kernel timings; blocks: its FLOPs line in channel blocks, no kernel timings; line: "
+        "every unit curve on that line; auto: table, scaled to fit if infeasible)",
     )
     add("--time-budget", type=float, default=None, help="minutes; no new job starts after")
     add("--out", default=str(ROOT / "experiments" / "results"), help="results folder")
@@ -238,6 +240,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if quick
         else {"warmup": 3, "min_run_time": 0.25, "repeats": 10}
     )
+    args.kernel_options = {"grid": 4, "passes": 1, "block_s": 0.0005} if quick else {}
     args.lat_final = (
         {"warmup": 1, "min_run_time": 0.01, "repeats": 2}
         if quick
@@ -526,16 +529,32 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
     example = task.example.repeat(batch, 1, 1, 1)
     table = LatencyTable.measure(
         task.model, example, graph, "cpu", widths=args.table_widths, threads=args.threads,
-        progress=False, **args.lat_search,
+        progress=False, lower_bound=args.lower_bound, kernel_options=args.kernel_options,
+        **args.lat_search,
     )  # fmt: skip
     build = functools.partial(build, latency_table=table)
     errors = ", ".join(f"{b}: {e:.3f}" for b, e in (table.meta.get("block_rms") or {}).items())
-    task.latency_model[key] = (
-        f"measured per-unit table (amc.latency_table), FLOPs counted in channel blocks of "
-        f"{table.block} (the line's error by block, fraction of dense: {errors})"
+    blocks = (
+        f"FLOPs counted in channel blocks of {table.block} (the line's error by block, "
+        f"fraction of dense: {errors})"
     )
+    kernels = table.kernels
+    assert kernels is not None
+    points = sum(len(k.in_counts) * len(k.out_counts) for k in kernels.kernels.values())
+    task.latency_model[key] = (
+        f"measured table (amc.latency_table): a line from the plan's summed per-layer kernel "
+        f"timings (amc.kernel_table: {len(kernels.layers)} layers, {points} (in, out) channel "
+        f"counts timed) to whole-model timings, error "
+        f"{table.meta.get('kernel_rms', math.nan):.3f} of dense; "
+        f"the same timings on {blocks}"
+    )
+    if args.latency_model == "blocks":
+        build = functools.partial(build, latency_table=table.at_block(graph, table.block))
+        task.latency_model[key] = f"measured per-unit table (amc.latency_table), {blocks}"
     if args.latency_model == "line":
-        build = functools.partial(build, latency_table=linear_table(table))
+        build = functools.partial(
+            build, latency_table=linear_table(table.at_block(graph, table.block))
+        )
         task.latency_model[key] = "the measured table's fitted line (--latency-model line)"
     try:
         space = build()

@@ -137,6 +137,7 @@ def tiny_overrides(
         "finetune.batch_size": 16,
         "finetune.eval_batches": 1,
         "finetune.bn_batches": min(config.finetune.bn_batches, 1),
+        "latency.table_kernel_grid": 3,  # the kernel table on a coarse grid
         "runs_dir": str(runs),
         "storage": f"sqlite:///{storage_dir / 'amc.db'}",
         "study": study,

@@ -16,7 +16,8 @@ from amc.units import analyze
 from tests.tiny_models import LeNet, TransformerNet
 
 X = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-FAST = {"warmup": 1, "min_run_time": 0.001, "repeats": 2, "threads": 1}
+KERNELS = {"grid": 3, "block_s": 0.0002, "passes": 1}
+FAST = {"warmup": 1, "min_run_time": 0.001, "repeats": 2, "threads": 1, "kernel_options": KERNELS}
 
 
 def small_table() -> LatencyTable:
@@ -141,7 +142,7 @@ def test_measure_finds_the_channel_block_the_device_computes_in(
     monkeypatch.setattr("amc.latency_table.measure_interleaved", blocked_law(block))
     model = LeNet().eval()
     graph = analyze(model, X)
-    table = LatencyTable.measure(model, X, graph, "cpu", progress=False, **FAST)
+    table = LatencyTable.measure(model, X, graph, "cpu", progress=False, kernels=False, **FAST)
     assert table.block == block
     assert str(block) in table.meta["block_rms"]  # the error of each block with a line
     assert LatencyTable.from_json(json.loads(json.dumps(table.to_json()))) == table
