@@ -269,17 +269,12 @@ class KernelTable:
         bar = tqdm(total=len(order), disable=not progress, desc=f"kernel table on {device}")
         try:
             with torch.inference_mode(), torch_threads(threads if target.type == "cpu" else None):
-                built: dict[tuple[str, int, int], tuple[nn.Module, torch.Tensor]] = {}
                 for key, i, j in order:
                     module, shape, ins, outs = specs[key]
-                    if (key, i, j) not in built:
-                        cin, cout = ins[i] * scales[key][0], outs[j] * scales[key][1]
-                        built[(key, i, j)] = _rebuild(module, shape, cin, cout, target, dtype)
-                    layer, x = built[(key, i, j)]
+                    cin, cout = ins[i] * scales[key][0], outs[j] * scales[key][1]
+                    layer, x = _rebuild(module, shape, cin, cout, target, dtype)  # cheap
                     seconds = time_call(layer, (x,), target, block_s=block_s)
                     best[(key, i, j)] = min(best.get((key, i, j), math.inf), seconds * 1e3)
-                    if passes == 1 or len(built) > 64:  # keep memory flat on big grids
-                        built.pop((key, i, j), None)
                     bar.update(1)
         finally:
             bar.close()
