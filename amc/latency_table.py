@@ -17,6 +17,12 @@ the fit are counted with every kept channel count padded up to a multiple of
 (1, 2, 4, 8, 16, 32) whose line fits the table's own timings best. (Within a block the padding
 is only an approximation: 7/14/28 ran at 0.28-0.30 in the same sweep.)
 
+What the device really does is in its kernels, so by default the table also times every
+Conv/Linear layer alone at the channel counts the search can give it
+(:class:`amc.kernel_table.KernelTable`), and the line then runs from a plan's summed layer
+times instead of its FLOPs (:attr:`LatencyTable.kernels`); the block stays for the record and
+for tables measured without kernels.
+
 Example:
     >>> table = LatencyTable.measure(model, x, analyze(model, x), "cpu", progress=False)
     >>> table.estimate({"conv1": 0.5}) < table.dense_ms
