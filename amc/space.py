@@ -39,6 +39,7 @@ from amc.plan import CRITERIA, TARGET_METRICS, PruningPlan, UnitPlan, channels_f
 from amc.units import LayerCost, Unit, UnitGraph, analyze
 
 _BISECTION_STEPS = 60
+_SCAN_SAMPLES = 65  # points a repair scans before bisecting (every 1/64 of the range)
 
 
 @dataclass(frozen=True)
@@ -376,14 +377,23 @@ class SearchSpace:
             for count in range(step, unit.channels + 1, step)
             if self.lower_bound < count / unit.channels < requested
         ]
-        low, high = 0, len(counts)  # counts[:low] fit, counts[high:] do not
-        while low < high:
-            middle = (low + high) // 2
-            if fits(counts[middle] / unit.channels):
-                low = middle + 1
-            else:
-                high = middle
-        return counts[low - 1] / unit.channels if low else self.lower_bound
+        # From the top down in strides (a measured estimate need not be monotone in channels:
+        # see _least_fitting), then a bisection between the first stride that fits and the
+        # one above it that did not.
+        stride = max(1, math.ceil(len(counts) / (_SCAN_SAMPLES - 1)))
+        failed = len(counts)
+        for index in range(len(counts) - 1, -1, -stride):
+            if fits(counts[index] / unit.channels):
+                low, high = index + 1, failed  # counts[index] fits, counts[failed] does not
+                while low < high:
+                    middle = (low + high) // 2
+                    if fits(counts[middle] / unit.channels):
+                        low = middle + 1
+                    else:
+                        high = middle
+                return counts[low - 1] / unit.channels
+            failed = index
+        return self.lower_bound
 
     def clip_nm(
         self,
@@ -454,11 +464,11 @@ class SearchSpace:
         if fits(proposal):
             if not fill:
                 return proposal
-            return shaped(_bisect(lambda scale: fits(shaped(scale)), 0.0, 1.0))
+            return shaped(_least_fitting(lambda scale: fits(shaped(scale)), 0.0, 1.0))
         positive = removed[removed > 0]
         top = max(1.0, (1.0 - self.lower_bound) / positive.min()) if positive.size else 1.0
         if fits(shaped(top)):
-            return shaped(_bisect(lambda scale: fits(shaped(scale)), 1.0, top))
+            return shaped(_least_fitting(lambda scale: fits(shaped(scale)), 1.0, top))
         return shaped(top, _bisect(lambda blend: fits(shaped(top, blend)), 0.0, 1.0))
 
     def make_plan(
@@ -619,6 +629,23 @@ class _CostModel:
             np.dot(self.weight_params, out_keep * in_keep) + np.dot(self.other_params, out_keep)
         )
         return flops, params
+
+
+def _least_fitting(fits: Any, low: float, high: float, samples: int = _SCAN_SAMPLES) -> float:
+    """The smallest value in [low, high] where ``fits`` holds (``high`` must), scanning first.
+
+    A measured latency estimate need not be monotone in the channels kept (a kernel switch can
+    make one more channel cheaper, :mod:`amc.kernel_table`), so a plain bisection could stop
+    at a boundary well above the smallest fitting value and waste budget. The interval is
+    scanned at ``samples`` evenly spaced points; the bisection then runs between the last
+    point that does not fit and the first that does.
+    """
+    previous = low
+    for point in np.linspace(low, high, samples)[1:]:
+        if fits(float(point)):
+            return _bisect(fits, previous, float(point))
+        previous = float(point)
+    return high
 
 
 def _bisect(fits: Any, low: float, high: float) -> float:

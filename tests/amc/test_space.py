@@ -319,6 +319,35 @@ def test_repair_fills_the_budget() -> None:
     assert 0.45 <= space.cost_fraction(uniform) <= 0.5
 
 
+def test_repair_finds_the_widest_fit_when_latency_is_not_monotone_in_channels() -> None:
+    """A kernel switch: 12-14 channels of conv2 cost more than 15 (16 costs most). Filling
+    the budget (or clipping) must reach 15, where a bisection alone stops at 11."""
+    from amc.kernel_table import Kernel, KernelTable, LayerRef
+    from tests.tiny_models import LeNet
+
+    model = LeNet().eval()
+    x = torch.randn(2, 1, 16, 16)
+    graph = analyze(model, x)
+    counts = tuple(range(3, 17))
+    ms = {c: float(c) for c in counts} | {12: 14.0, 13: 14.0, 14: 14.0, 15: 11.5, 16: 20.0}
+    kernels = KernelTable(
+        layers={"conv2": LayerRef("k", None, "conv2"), "rest": LayerRef("fixed", None, None)},
+        kernels={
+            "k": Kernel(in_counts=(8,), out_counts=counts, ms=(tuple(ms[c] for c in counts),)),
+            "fixed": Kernel(in_counts=(1,), out_counts=(1,), ms=((10.0,),)),
+        },
+        dense={unit.name: unit.channels for unit in graph.units},
+    )
+    table = LatencyTable(dense_ms=30.0, units={}, fit=(0.0, 30.0), kernels=kernels)
+    space = SearchSpace.build(model, x, "latency=0.75", latency_table=table, graph=graph)
+    keep = space.repair({"conv1": 1.0, "conv2": 0.5, "fc1": 1.0})
+    assert space.channels(keep)["conv2"] == 15  # 21.5 of 30 ms; 11 channels would be 21
+    assert space.cost_fraction(keep) <= 0.75
+    # AMC's clipping, one unit at a time, the same
+    index = space.names.index("conv2")
+    assert space.clip(index, 1.0, {"conv1": 1.0}) == 15 / 16
+
+
 def test_make_plan_fills_every_field_and_round_trips() -> None:
     space = space_for("residual", "params=0.6", round_to=4, nm=(2, 4))
     keep = space.repair({unit.name: 0.5 for unit in space.units})
