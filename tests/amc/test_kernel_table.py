@@ -154,3 +154,13 @@ def test_malformed_kernel_timings_say_what_is_expected() -> None:
     bad_rows["kernels"]["k"]["ms"] = [[1.0]]
     with pytest.raises(PlanFormatError, match=re.escape("kernel 'k' needs 1 row(s) of 2")):
         KernelTable.from_json(bad_rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernels_are_timed_on_cuda_and_the_model_stays_put() -> None:
+    model = LeNet().eval()
+    graph = analyze(model, X)
+    table = KernelTable.measure(model, X, graph, "cuda", progress=False, **QUICK)
+    assert table.device == "cuda" and table.dense_ms > 0
+    assert next(model.parameters()).device.type == "cpu"
