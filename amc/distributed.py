@@ -361,7 +361,6 @@ class RayEvaluator(Evaluator):
         self._starting: dict[Any, _Slot] = {}  # ready ref -> slot
         self._locks: dict[tuple[str, str], Any] = {}
         self._dense: dict[str, Any] | None = None
-        self._dense_ref: Any = None  # the dense_metrics call in flight (start_dense_metrics)
         self._closed = False
         self._slots = [self._start(index, 0) for index in range(self.capacity)]
         if not self._gpus and isolation != "none":  # start this node's lock alongside
@@ -420,24 +419,12 @@ class RayEvaluator(Evaluator):
     def in_flight(self) -> int:
         return len(self._pending) + len(self._running)
 
-    def start_dense_metrics(self) -> None:
-        """Ask an idle worker (or worker 0) for the dense model's metrics without waiting.
-
-        Waits for the workers to load first (:meth:`wait_ready`), so that the dense model is
-        timed as plans are: with every worker loaded and holding the device lock.
-        """
-        self.wait_ready()
-        if self._dense is None and self._dense_ref is None:
-            idle = [slot for slot in self._slots if slot.info is not None and slot.job is None]
-            slot = idle[0] if idle else self._slots[0]
-            self._dense_ref = slot.actor.dense_metrics.remote()
-
     def dense_metrics(self) -> dict[str, Any]:
         """The dense model's metrics, measured once on an idle worker (or worker 0)."""
         if self._dense is None:
-            self.start_dense_metrics()
-            self._dense = ray.get(self._dense_ref)
-            self._dense_ref = None
+            idle = [slot for slot in self._slots if slot.info is not None and slot.job is None]
+            slot = idle[0] if idle else self._slots[0]
+            self._dense = ray.get(slot.actor.dense_metrics.remote())
         return dict(self._dense)
 
     def cancel_all(self) -> list[int]:

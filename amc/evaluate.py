@@ -356,14 +356,10 @@ class Workload:
             return None
         return copy.deepcopy(self.model).to(self.spec.device).eval()
 
-    def prepare(self, *, warm_optimizer: bool = True) -> Workload:
-        """Compute the unit graph and held-out batches now (not in the first evaluation).
-
-        ``warm_optimizer=False`` skips creating a first optimiser: for a process that holds
-        the workload without evaluating plans (the driver of a search on Ray workers).
-        """
+    def prepare(self) -> Workload:
+        """Compute the unit graph and held-out batches now (not in the first evaluation)."""
         _ = self.graph, self.eval_loader, self._criterion_batches
-        if self.spec.finetune_steps and warm_optimizer:
+        if self.spec.finetune_steps:
             # The first optimiser of a process pays a one-off import (about a second);
             # pay it here so that evaluation times stay comparable.
             torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -611,11 +607,6 @@ class Evaluator(Protocol):
 
     def wait_ready(self) -> None:
         """Block until the workers have loaded the task (raising what a worker raised)."""
-        return None
-
-    def start_dense_metrics(self) -> None:
-        """Start measuring the dense model without waiting, where :meth:`dense_metrics` can
-        measure in the background (a no-op elsewhere); :meth:`dense_metrics` returns them."""
         return None
 
     def cancel_all(self) -> list[int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from amc.plan import PruningPlan, parse_nm
 from amc.prune import apply_plan
 from amc.search import SearchOutcome, run_search
 from amc.space import SearchSpace, Target
-from amc.study import SearchRecord, storage_from_url
+from amc.study import SearchRecord
 
 
 @dataclass
@@ -151,8 +151,7 @@ def prepare(
 
     if spec is None:
         spec = task_spec(config, progress=progress, task=task)
-    # On Ray the workers evaluate; this process's first optimiser can wait for finish().
-    workload = Workload.from_spec(spec).prepare(warm_optimizer=config.ray.workers == 0)
+    workload = Workload.from_spec(spec).prepare()
     needs_table = Target.parse(config.target).metric == "latency" and latency_table is None
     if evaluator is not None and needs_table:
         evaluator.wait_ready()
@@ -210,18 +209,14 @@ def open_record(
     agent: Any,
     *,
     resume: bool = False,
-    dense: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+    dense: Mapping[str, Any] | None = None,
 ) -> SearchRecord:
     """Create (or reopen) the study with everything needed to resume or export it.
 
-    ``dense`` is the dense model's metrics as the evaluator measured them, or a function
-    that returns them, called once the storage is open (so that the storage opens while an
-    evaluator measures); default: measured here, in the driver.
+    ``dense`` is the dense model's metrics as the evaluator measured them (default: measured
+    here, in the driver).
     """
     directions = ["maximize" if name != "latency_ms" else "minimize" for name in agent.objectives]
-    storage = storage_from_url(experiment.config.storage)
-    if callable(dense):
-        dense = dense()
     graph = experiment.workload.graph
     attrs = {
         # the storage URL is not stored: it may hold a password, and resume is told where
@@ -237,9 +232,8 @@ def open_record(
     if experiment.space.latency_table is not None:
         attrs["latency_table"] = experiment.space.latency_table.to_json()
     return SearchRecord.create(
-        experiment.config.storage, experiment.study, directions, attrs, resume=resume,
-        storage=storage,
-    )  # fmt: skip
+        experiment.config.storage, experiment.study, directions, attrs, resume=resume
+    )
 
 
 def search(
@@ -277,10 +271,7 @@ def search(
         if evaluator is None:
             evaluator = stack.enter_context(make_evaluator(experiment))
         evaluator.wait_ready()
-        # A worker measures the dense model (now that every worker has loaded, so that their
-        # start-up does not disturb it) while this process opens the storage.
-        evaluator.start_dense_metrics()
-        record = open_record(experiment, agent, resume=resume, dense=evaluator.dense_metrics)
+        record = open_record(experiment, agent, resume=resume, dense=evaluator.dense_metrics())
         state = record.load_agent_state()
         if state is not None:
             agent.load_state_dict(state)

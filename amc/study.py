@@ -290,7 +290,6 @@ class SearchRecord:
         attrs: Mapping[str, Any],
         *,
         resume: bool = False,
-        storage: BaseStorage | None = None,
     ) -> SearchRecord:
         """Create the study for a new search, or open it again when that is safe.
 
@@ -304,8 +303,6 @@ class SearchRecord:
                 Package versions, the format and the creation time are added.
             resume: allow an existing study with another config (the new attrs replace the
                 stored ones); the model fingerprint and directions must still match.
-            storage: ``storage_from_url(storage_url)`` when the caller opened it already
-                (e.g. while it waited for the dense metrics).
 
         An existing study with the same fingerprint, config and directions is opened, so the
         same search run twice continues rather than fails.
@@ -324,8 +321,7 @@ class SearchRecord:
                 f"{len(objectives)} objective names {list(objectives)!r} for "
                 f"{len(directions)} directions {directions!r}; give one name per direction."
             )
-        if storage is None:
-            storage = storage_from_url(storage_url)
+        storage = storage_from_url(storage_url)
         url = display_url(storage_url)
         try:
             with _quiet_optuna():

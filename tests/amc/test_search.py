@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -192,28 +191,6 @@ def test_killed_ray_workers_lose_and_double_nothing(
     assert attempts == [2, 2, 1, 1]  # the two killed plans ran again, once
     alive = {info["pid"] for info in ray_evaluator.workers_info() if info}
     assert not alive & set(killing.killed)
-
-
-@pytest.mark.ray
-def test_workers_that_fail_to_load_raise_their_error_before_any_storage_is_written(
-    prepared: Experiment, ray_session: Any, tmp_path: Path
-) -> None:
-    from amc.distributed import RayEvaluator
-    from amc.errors import UnknownNameError
-    from amc.plan import uniform_plan
-
-    # As `amc search` starts them: loading in the background while the driver prepares.
-    spec = replace(prepared.spec, model="resnet21")
-    evaluator = RayEvaluator(spec, workers=1, cpus_per_worker=0.5, wait=False)
-    storage = tmp_path / "amc.db"
-    run = variant(prepared, f"sqlite:///{storage}", "never")
-    with pytest.raises(UnknownNameError, match=re.escape("Unknown model 'resnet21'. Did you")):
-        experiment.search(run, progress=False, evaluator=evaluator)
-    assert not storage.exists()
-    workload = prepared.workload
-    plan = uniform_plan(workload.model, workload.example_inputs, 0.5, graph=workload.graph)
-    with pytest.raises(RuntimeError, match="closed"):  # the failed start closed the workers
-        evaluator.submit(0, plan)
 
 
 # -- storages, Ctrl-C and resume in process ----------------------------------------------------
