@@ -40,10 +40,12 @@ import asyncio
 import contextlib
 import functools
 import os
+import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -219,13 +221,15 @@ def lock_mode(isolation: str, phase: str) -> bool | None:
 class EvalWorker:
     """One Ray actor: a Workload built once, evaluating one plan at a time."""
 
-    def __init__(self, spec_json: dict[str, Any], token: str) -> None:
+    def __init__(
+        self, spec_json: dict[str, Any], token: str, weights: tuple[str, bytes] | None = None
+    ) -> None:
         self.token = token
         self.lock: Any = None
         self.isolation = "none"
         self.error: Exception | None = None
         try:
-            self.workload = Workload.from_spec(TaskSpec.from_json(spec_json)).prepare()
+            self.workload = _load_workload(TaskSpec.from_json(spec_json), weights)
         except Exception as exc:  # reported by ready(), so the driver can raise it as is
             self.error = exc
 
@@ -356,6 +360,10 @@ class RayEvaluator(Evaluator):
         self._owns_ray = _connect(address, runtime_env)
         self.capacity = workers or self._default_workers()
         self._spec_json = spec.to_json()
+        # The weights travel with the task, so a worker on any node loads the file the driver
+        # read, whatever its working directory or file system (one object, every worker).
+        shipped = _read_weights(spec)
+        self._weights = None if shipped is None else ray.put(shipped)
         self._pending: deque[_Job] = deque()
         self._running: dict[Any, _Slot] = {}  # evaluate ref -> slot
         self._starting: dict[Any, _Slot] = {}  # ready ref -> slot
@@ -481,7 +489,7 @@ class RayEvaluator(Evaluator):
         actor = (
             _remote(EvalWorker)
             .options(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0)
-            .remote(self._spec_json, token)
+            .remote(self._spec_json, token, self._weights)
         )
         slot = _Slot(index, incarnation, actor, token)
         self._starting[actor.ready.remote()] = slot
@@ -637,6 +645,33 @@ def _connect(address: str | None, runtime_env: dict[str, Any] | None) -> bool:
                 "run a local Ray inside amc."
             ) from error
     return True
+
+
+def _read_weights(spec: TaskSpec) -> tuple[str, bytes] | None:
+    """The weights file's name and bytes, read here, or None (no weights, or no such file:
+    the worker then reports the missing file as it would have)."""
+    if not spec.weights:
+        return None
+    path = Path(spec.weights)
+    if not path.is_file():
+        return None
+    return path.name, path.read_bytes()
+
+
+def _load_workload(spec: TaskSpec, weights: tuple[str, bytes] | None) -> Workload:
+    """The task's workload, its weights loaded from ``weights`` (name, bytes) when given.
+
+    The bytes go through the same loader as a file (:func:`amc.checkpoint.load_weights`:
+    safetensors, or ``torch.load(weights_only=True)`` unless the checkpoint is trusted), from
+    a private temporary copy with the original file's name, removed once loaded.
+    """
+    if weights is None:
+        return Workload.from_spec(spec).prepare()
+    name, blob = weights
+    with tempfile.TemporaryDirectory(prefix="amc-weights-") as folder:
+        local = Path(folder) / name
+        local.write_bytes(blob)
+        return Workload.from_spec(replace(spec, weights=str(local))).prepare()
 
 
 @functools.cache

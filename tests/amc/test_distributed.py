@@ -9,13 +9,23 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
 import torch
 
-from amc.distributed import HOLDER_CHECK_S, LOCK_NAME, DeviceLock, RayEvaluator, lock_mode
+from amc.checkpoint import load_state_dict_file, save_weights
+from amc.distributed import (
+    HOLDER_CHECK_S,
+    LOCK_NAME,
+    DeviceLock,
+    RayEvaluator,
+    _load_workload,
+    _read_weights,
+    lock_mode,
+)
 from amc.errors import UnknownNameError
 from amc.evaluate import EvalResult, LocalEvaluator, TaskSpec, evaluate_all
 from amc.plan import PruningPlan, uniform_plan
@@ -178,6 +188,32 @@ def test_a_task_that_does_not_load_raises_in_the_driver(ray_session: Any) -> Non
     with pytest.raises(UnknownNameError, match=re.escape("Unknown model 'resnet21'. Did you")):
         RayEvaluator(spec, workers=1)
     assert ray_session.is_initialized()  # a Ray we did not start stays up
+
+
+def test_a_worker_loads_the_weights_the_driver_read_not_its_own_path(tmp_path: Path) -> None:
+    weights = tmp_path / "baseline.safetensors"
+    torch.manual_seed(7)
+    save_weights(SlowLeNet(), weights)
+    elsewhere = replace(SPEC, weights=str(tmp_path / "not-on-this-node" / weights.name))
+    shipped = _read_weights(replace(SPEC, weights=str(weights)))
+    assert shipped == (weights.name, weights.read_bytes())
+    workload = _load_workload(elsewhere, shipped)  # the path does not exist where it loads
+    expected = load_state_dict_file(weights)
+    for key, tensor in workload.model.state_dict().items():
+        assert torch.equal(tensor, expected[key]), key
+    assert _read_weights(elsewhere) is None  # a missing file: the worker reports it, as before
+
+
+@pytest.mark.ray
+def test_ray_workers_do_not_read_the_weights_file(ray_session: Any, tmp_path: Path) -> None:
+    weights = tmp_path / "baseline.safetensors"
+    save_weights(SlowLeNet(), weights)
+    spec = replace(SPEC, weights=str(weights), finetune_steps=0)
+    with RayEvaluator(spec, workers=1, cpus_per_worker=0.5, wait=False) as ray_evaluator:
+        weights.unlink()  # before the worker has even imported torch
+        ray_evaluator.wait_ready()
+        [result] = evaluate_all(ray_evaluator, _plans((0.5,)))
+    assert result.status == "ok", result.error
 
 
 @pytest.fixture(scope="module")
