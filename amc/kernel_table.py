@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -249,8 +250,8 @@ class KernelTable:
             ins = (0,) if depthwise else grids[in_unit] if in_unit else (_in_channels(module),)
             # a unit's channel can stand for several features (a Linear after a flatten)
             scale = (
-                _in_channels(module) // by_unit[in_unit].channels if in_unit else 1,
-                _out_channels(module) // by_unit[out_unit].channels if out_unit else 1,
+                max(1, _in_channels(module) // by_unit[in_unit].channels) if in_unit else 1,
+                max(1, _out_channels(module) // by_unit[out_unit].channels) if out_unit else 1,
             )
             key = _kernel_key(module, shape, ins, outs) + f" per-channel={list(scale)}"
             layers[name] = LayerRef(key, None if depthwise else in_unit, out_unit)
@@ -264,20 +265,40 @@ class KernelTable:
         order = [entry for _ in range(passes) for entry in entries]
         random.Random(seed).shuffle(order)
         best: dict[tuple[str, int, int], float] = {}
+        failed: dict[str, str] = {}
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(order), disable=not progress, desc=f"kernel table on {device}")
         try:
             with torch.inference_mode(), torch_threads(threads if target.type == "cpu" else None):
                 for key, i, j in order:
+                    bar.update(1)
+                    if key in failed:
+                        continue
                     module, shape, ins, outs = specs[key]
                     cin, cout = ins[i] * scales[key][0], outs[j] * scales[key][1]
-                    layer, x = _rebuild(module, shape, cin, cout, target, dtype)  # cheap
-                    seconds = time_call(layer, (x,), target, block_s=block_s)
+                    try:
+                        layer, x = _rebuild(module, shape, cin, cout, target, dtype)  # cheap
+                        seconds = time_call(layer, (x,), target, block_s=block_s)
+                    except Exception as error:  # a layer that cannot run alone
+                        failed[key] = f"{type(error).__name__}: {error}"
+                        continue
                     best[(key, i, j)] = min(best.get((key, i, j), math.inf), seconds * 1e3)
-                    bar.update(1)
         finally:
             bar.close()
+        if failed:
+            which = [
+                ", ".join(sorted(name for name, ref in layers.items() if ref.kernel == key))
+                + f" ({why})"
+                for key, why in failed.items()
+            ]
+            warnings.warn(
+                f"Layer(s) {'; '.join(which)} could not be timed alone; the latency estimate "
+                f"counts them in its fixed part.",
+                stacklevel=2,
+            )
+            layers = {name: ref for name, ref in layers.items() if ref.kernel not in failed}
+            specs = {key: spec for key, spec in specs.items() if key not in failed}
         kernels = {
             key: Kernel(
                 in_counts=ins,

@@ -101,6 +101,25 @@ def test_layers_of_one_geometry_share_a_kernel_and_depthwise_follows_its_output(
     assert len(shared.kernels) == 3  # the first (1 input) and the last (4 outputs) differ
 
 
+def test_a_layer_that_cannot_run_alone_is_left_to_the_fixed_part() -> None:
+    def no_linear(layer: nn.Module, args: tuple[Any, ...], device: Any, **kwargs: Any) -> float:
+        if isinstance(layer, nn.Linear):
+            raise RuntimeError("needs its neighbours")
+        return 1e-3
+
+    model = LeNet().eval()
+    graph = analyze(model, X)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("amc.kernel_table.time_call", no_linear)
+        with pytest.warns(
+            UserWarning,
+            match=re.escape("Layer(s) fc1 (RuntimeError: needs its neighbours); fc2 ("),
+        ):
+            table = KernelTable.measure(model, X, graph, "cpu", progress=False, **QUICK)
+    assert set(table.layers) == {"conv1", "conv2"}
+    assert {ref.kernel for ref in table.layers.values()} == set(table.kernels)
+
+
 def switching_law(layer: nn.Module, args: tuple[Any, ...], device: Any, **kwargs: Any) -> float:
     """A fake ``time_call``: multiply-adds, except that 8 or more output channels switch to
     a kernel that costs twice as much (as the 14x14 convolutions of the module docstring do)."""
