@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -130,6 +131,7 @@ class SearchSpace:
     _nm_offered: set[str] = field(init=False, repr=False)
     _layers_by_name: dict[str, LayerCost] = field(init=False, repr=False)
     _latency_ratios: list[float] = field(init=False, repr=False, default_factory=list)
+    _floor_warned: bool = field(init=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         self.target = Target.parse(self.target)
@@ -318,6 +320,17 @@ class SearchSpace:
             # the smallest plan just inside it; plans measured over it are recorded as such.
             capped = self.latency_table.scale * self.target.fraction / smallest * (1 - 1e-6)
             self.latency_table = replace(table, scale=capped)
+            if not self._floor_warned:
+                self._floor_warned = True
+                warnings.warn(
+                    f"Target {self.target} is below what this search space reaches on the "
+                    f"device: calibrated on {len(self._latency_ratios)} measured plan(s), even "
+                    f"every unit at the lower bound {self.lower_bound:g} is estimated at "
+                    f"{smallest:.3f} of the dense latency. Plans will keep measuring over the "
+                    f"target (recorded as over budget). Raise the target to at least "
+                    f"{smallest:.3f}, or lower lower_bound.",
+                    stacklevel=2,
+                )
         return self.latency_table.scale
 
     def smallest_fraction(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 from dataclasses import replace
 from functools import cache
 
@@ -319,9 +320,9 @@ def test_repair_fills_the_budget() -> None:
     assert 0.45 <= space.cost_fraction(uniform) <= 0.5
 
 
-def test_repair_finds_the_widest_fit_when_latency_is_not_monotone_in_channels() -> None:
-    """A kernel switch: 12-14 channels of conv2 cost more than 15 (16 costs most). Filling
-    the budget (or clipping) must reach 15, where a bisection alone stops at 11."""
+def kernel_switch_space(target: str = "latency=0.75") -> SearchSpace:
+    """LeNet priced by a kernel table alone: 10 ms fixed plus conv2's kernel, which switches
+    algorithms so that 12-14 channels cost more than 15 (and 16 most): 30 ms dense."""
     from amc.kernel_table import Kernel, KernelTable, LayerRef
     from tests.tiny_models import LeNet
 
@@ -339,13 +340,35 @@ def test_repair_finds_the_widest_fit_when_latency_is_not_monotone_in_channels() 
         dense={unit.name: unit.channels for unit in graph.units},
     )
     table = LatencyTable(dense_ms=30.0, units={}, fit=(0.0, 30.0), kernels=kernels)
-    space = SearchSpace.build(model, x, "latency=0.75", latency_table=table, graph=graph)
+    return SearchSpace.build(model, x, target, latency_table=table, graph=graph)
+
+
+def test_repair_finds_the_widest_fit_when_latency_is_not_monotone_in_channels() -> None:
+    """Filling the budget (or clipping) must reach 15 channels of conv2, where a bisection alone
+    stops at 11 (12-14 cost more than 15)."""
+    space = kernel_switch_space()
     keep = space.repair({"conv1": 1.0, "conv2": 0.5, "fc1": 1.0})
     assert space.channels(keep)["conv2"] == 15  # 21.5 of 30 ms; 11 channels would be 21
     assert space.cost_fraction(keep) <= 0.75
     # AMC's clipping, one unit at a time, the same
     index = space.names.index("conv2")
     assert space.clip(index, 1.0, {"conv1": 1.0}) == 15 / 16
+
+
+def test_a_target_below_the_measured_floor_is_said_once_with_the_fix() -> None:
+    space = kernel_switch_space()  # the smallest plan is estimated at 13 of 30 ms
+    plan = space.make_plan(space.repair({name: 0.2 for name in space.names}))
+    keep = {name: unit.keep_ratio for name, unit in plan.units.items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):  # the device reads the smallest plan at twice the estimate
+            space.calibrate_latency(plan, 2 * space.cost_fraction(keep))
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert message.startswith("Target latency=0.75 is below what this search space reaches")
+    assert "estimated at 0.867 of the dense latency" in message
+    assert message.endswith("Raise the target to at least 0.867, or lower lower_bound.")
+    assert space.smallest_fraction() <= 0.75  # capped: every ask still fits
 
 
 def test_make_plan_fills_every_field_and_round_trips() -> None:
