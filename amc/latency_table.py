@@ -144,7 +144,9 @@ class LatencyTable:
         """
         nm_choices = nm_choices or {}
         if self.kernels is not None and channels is not None:
-            flops_fraction = self.kernels.fraction(channels)
+            # never above dense: a cut layer timed slower than the dense one is noise on layers
+            # too small to time, or a kernel switch that measuring the plan will catch
+            flops_fraction = min(1.0, self.kernels.fraction(channels))
         names = set(keep) | {name for name, used in nm_choices.items() if used}
         if self.fit is None or flops_fraction is None:
             saved = sum(
@@ -307,7 +309,9 @@ class LatencyTable:
                 :func:`amc.measure.measure_interleaved` (``repeats`` rounds of the cut and the
                 dense model, about ``min_run_time`` seconds for both), once per entry.
             kernels: also time every Conv/Linear layer alone on a grid of channel counts
-                (:class:`amc.kernel_table.KernelTable`) and estimate from their sum.
+                (:class:`amc.kernel_table.KernelTable`) and estimate from their sum, unless that
+                line fits the table's own timings worse than FLOPs in blocks do
+                (``meta["kernel_rms"]`` against ``meta["block_rms"]``; then no kernels).
             lower_bound: the kernel grid covers the counts from this (the space's) up.
             kernel_options: more keyword arguments for :meth:`KernelTable.measure` (``grid``,
                 ``block_s``, ``passes``, ``seed``).
@@ -420,7 +424,15 @@ class LatencyTable:
             model, example_inputs, graph, device, lower_bound=lower_bound, round_to=round_to,
             threads=threads, progress=progress, **dict(kernel_options or {}),
         )  # fmt: skip
-        return table.with_kernels(timed)
+        by_kernels = table.with_kernels(timed)
+        kernel_rms = by_kernels.meta.get("kernel_rms")
+        block_error = block_rms.get(block)
+        if kernel_rms is None or (block_error is not None and kernel_rms > block_error):
+            # On a model whose layers are too small to time apart from overheads (or a noisy
+            # run), the kernel line fits the table's own timings worse than FLOPs in blocks:
+            # estimate from the better line, as the block is chosen.
+            return replace(table, meta={**table.meta, "kernel_rms": kernel_rms})
+        return by_kernels
 
     def with_kernels(self, kernels: KernelTable) -> LatencyTable:
         """The same timings estimated from ``kernels``: the line refitted on their sum.

@@ -539,15 +539,19 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
         f"fraction of dense: {errors})"
     )
     kernels = table.kernels
-    assert kernels is not None
-    points = sum(len(k.in_counts) * len(k.out_counts) for k in kernels.kernels.values())
-    task.latency_model[key] = (
-        f"measured table (amc.latency_table): a line from the plan's summed per-layer kernel "
-        f"timings (amc.kernel_table: {len(kernels.layers)} layers, {points} (in, out) channel "
-        f"counts timed) to whole-model timings, error "
-        f"{table.meta.get('kernel_rms', math.nan):.3f} of dense; "
-        f"the same timings on {blocks}"
-    )
+    if kernels is None:  # the kernel line fitted worse (or could not be fitted)
+        task.latency_model[key] = (
+            f"measured per-unit table (amc.latency_table), {blocks}; the per-layer kernel "
+            f"line fitted worse (error {table.meta.get('kernel_rms') or math.nan:.3f}), unused"
+        )
+    else:
+        points = sum(len(k.in_counts) * len(k.out_counts) for k in kernels.kernels.values())
+        task.latency_model[key] = (
+            f"measured table (amc.latency_table): a line from the plan's summed per-layer "
+            f"kernel timings (amc.kernel_table: {len(kernels.layers)} layers, {points} (in, "
+            f"out) channel counts timed) to whole-model timings, error "
+            f"{table.meta.get('kernel_rms', math.nan):.3f} of dense; the same timings on {blocks}"
+        )
     if args.latency_model == "blocks":
         build = functools.partial(build, latency_table=table.at_block(graph, table.block))
         task.latency_model[key] = f"measured per-unit table (amc.latency_table), {blocks}"

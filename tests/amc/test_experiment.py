@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from amc import experiment
 from amc.config import load_config
+from amc.kernel_table import KernelTable
 from amc.latency_table import LatencyTable
 
 CONFIG = """
@@ -32,19 +36,30 @@ ray: {workers: 0}
 
 
 def test_a_latency_target_times_kernels_on_the_configured_grid_and_the_study_keeps_them(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    grids: list[int] = []
+    measure = KernelTable.measure.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type, *args: Any, **kwargs: Any) -> KernelTable:
+        grids.append(kwargs["grid"])
+        return measure(cls, *args, **kwargs)
+
+    monkeypatch.setattr(KernelTable, "measure", classmethod(spy))
     overrides = {"runs_dir": str(tmp_path / "runs"), "storage": f"sqlite:///{tmp_path}/amc.db"}
     prepared = experiment.prepare(load_config(None, overrides, text=CONFIG), progress=False)
+    assert grids == [3]
     table = prepared.space.latency_table
-    assert table is not None and table.kernels is not None
-    assert set(table.kernels.layers) == {"conv1", "conv2", "fc1", "fc2"}
-    for kernel in table.kernels.kernels.values():
-        assert len(kernel.in_counts) <= 3 and len(kernel.out_counts) <= 3
+    assert table is not None and "kernel_rms" in table.meta  # timed, and its line judged
+    if table.kernels is not None:  # used: its line fitted the table at least as well as FLOPs
+        assert set(table.kernels.layers) == {"conv1", "conv2", "fc1", "fc2"}
+        for kernel in table.kernels.kernels.values():
+            assert len(kernel.in_counts) <= 3 and len(kernel.out_counts) <= 3
     record = experiment.open_record(prepared, experiment.make_agent(prepared))
     stored = LatencyTable.from_json(record.attrs["latency_table"])
     assert stored.kernels == table.kernels and stored.fit == table.fit
 
     without = load_config(None, {**overrides, "latency.table_kernels": False}, text=CONFIG)
     plain = experiment.prepare(without, progress=False)
+    assert grids == [3]  # not timed again
     assert plain.space.latency_table is not None and plain.space.latency_table.kernels is None

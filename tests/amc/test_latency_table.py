@@ -154,6 +154,35 @@ def test_measure_finds_the_channel_block_the_device_computes_in(
     assert four <= five <= eight
 
 
+def test_the_kernel_line_is_used_only_where_it_fits_better(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("amc.latency_table.measure_interleaved", blocked_law(1))
+    model = LeNet().eval()
+    graph = analyze(model, X)
+
+    def same_law(layer: torch.nn.Module, args: tuple, device: object, **_: object) -> float:
+        # each layer alone costs what it adds to the blocked law's whole-model time, in seconds
+        x = args[0]
+        if isinstance(layer, torch.nn.Conv2d):
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            out = (x.shape[-1] // layer.stride[0]) ** 2
+            return layer.out_channels * layer.in_channels * k * out / 1e8
+        return layer.out_features * layer.in_features / 1e8
+
+    monkeypatch.setattr("amc.kernel_table.time_call", same_law)
+    fine = {**FAST, "kernel_options": {"grid": 16, "passes": 1}}  # every anchor count timed
+    exact = LatencyTable.measure(model, X, graph, "cpu", progress=False, **fine)
+    assert exact.kernels is not None and exact.meta["kernel_rms"] == pytest.approx(0, abs=1e-9)
+    monkeypatch.setattr("amc.kernel_table.time_call", lambda *args, **kwargs: 1e-3)
+    flat = LatencyTable.measure(model, X, graph, "cpu", progress=False, **FAST)
+    assert flat.kernels is None  # every plan sums alike: no line, so FLOPs in blocks
+    assert (
+        flat.fit
+        == LatencyTable.measure(model, X, graph, "cpu", progress=False, kernels=False, **FAST).fit
+    )
+
+
 def test_tables_without_a_block_read_as_proportional() -> None:
     data = small_table().to_json()
     del data["block"]
