@@ -164,7 +164,8 @@ class LatencyTable:
         # the estimate one by one: on a shared machine each is a single noisy median, and summed
         # over dozens of units their errors swamp the signal. The anchors (every unit cut
         # together) fix the line where searches end up; the online scale corrects the rest.
-        total *= self.dense_ms / (fixed + slope)  # the line through the measured dense latency
+        # the line through the measured dense latency (divided first: x = 1 gives it exactly)
+        total = self.dense_ms * (total / (fixed + slope))
         return self.scale * max(total, 0.05 * self.dense_ms)
 
     def max_saving_share(self, name: str) -> float:
