@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
@@ -42,7 +43,7 @@ from torch import nn
 from amc.errors import PlanFormatError
 from amc.measure import resolve_device, time_call, torch_threads
 from amc.plan import channels_for
-from amc.units import CONV_LINEAR, UnitGraph
+from amc.units import CONV_LINEAR, UnitGraph, _in_channels, _is_depthwise, _out_channels
 
 DEFAULT_GRID = 16  # counts timed per unit at most
 
@@ -109,9 +110,9 @@ class KernelTable:
             total += kernel.at(cin, cout)
         return total
 
-    @property
+    @functools.cached_property
     def dense_ms(self) -> float:
-        """The sum at the dense widths."""
+        """The sum at the dense widths (computed once: every estimate divides by it)."""
         return self.total_ms({})
 
     def fraction(self, channels: Mapping[str, int]) -> float:
@@ -236,12 +237,17 @@ class KernelTable:
         dtype = next((p.dtype for p in model.parameters()), torch.float32)
         costs = {layer.name: layer for layer in graph.layers}
         layers: dict[str, LayerRef] = {}
-        specs: dict[str, tuple[nn.Module, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
-        scales: dict[str, tuple[int, int]] = {}
+        # kernel key -> (a layer of that geometry, its input shape, grids in and out, features
+        # per channel in and out)
+        specs: dict[
+            str,
+            tuple[nn.Module, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, int]],
+        ] = {}
         for name, shape in shapes.items():
             module = model.get_submodule(name)
             cost = costs.get(name)
-            depthwise = _is_depthwise(module)
+            # one output per input channel; a channel multiplier is left out, as grouped layers are
+            depthwise = _is_depthwise(module) and _in_channels(module) == _out_channels(module)
             if cost is None or (not depthwise and getattr(module, "groups", 1) != 1):
                 continue
             out_unit = cost.out_unit if cost.out_unit in by_unit else None
@@ -255,11 +261,10 @@ class KernelTable:
             )
             key = _kernel_key(module, shape, ins, outs) + f" per-channel={list(scale)}"
             layers[name] = LayerRef(key, None if depthwise else in_unit, out_unit)
-            specs.setdefault(key, (module, shape, ins, outs))
-            scales.setdefault(key, scale)
+            specs.setdefault(key, (module, shape, ins, outs, scale))
 
         entries = [
-            (key, i, j) for key, (_, _, ins, outs) in specs.items()
+            (key, i, j) for key, (_, _, ins, outs, _) in specs.items()
             for i in range(len(ins)) for j in range(len(outs))
         ]  # fmt: skip
         order = [entry for _ in range(passes) for entry in entries]
@@ -275,8 +280,8 @@ class KernelTable:
                     bar.update(1)
                     if key in failed:
                         continue
-                    module, shape, ins, outs = specs[key]
-                    cin, cout = ins[i] * scales[key][0], outs[j] * scales[key][1]
+                    module, shape, ins, outs, (per_in, per_out) = specs[key]
+                    cin, cout = ins[i] * per_in, outs[j] * per_out
                     try:
                         layer, x = _rebuild(module, shape, cin, cout, target, dtype)  # cheap
                         seconds = time_call(layer, (x,), target, block_s=block_s)
@@ -308,7 +313,7 @@ class KernelTable:
                 ),
                 depthwise=ins == (0,),
             )
-            for key, (_, _, ins, outs) in specs.items()
+            for key, (_, _, ins, outs, _) in specs.items()
         }
         dense = {unit.name: unit.channels for unit in graph.units}
         return cls(layers=layers, kernels=kernels, dense=dense, device=str(device))
@@ -384,7 +389,7 @@ def _kernel_key(
             f"k={list(conv.kernel_size)} s={list(conv.stride)} p={conv.padding} "
             f"d={list(conv.dilation)} bias={conv.bias is not None} mode={conv.padding_mode}"
         )
-    kind = type(module).__name__ + ("/depthwise" if _is_depthwise(module) else "")
+    kind = type(module).__name__ + ("/depthwise" if tuple(ins) == (0,) else "")
     return f"{kind} x={where} {options} in={list(ins)} out={list(outs)}"
 
 
@@ -398,7 +403,7 @@ def _rebuild(
         x = torch.randn(*shape[:-1], cin)
     else:
         conv: Any = module
-        depthwise = _is_depthwise(module)
+        depthwise = cin == 0  # the grid's marker: the input follows the output
         cin = cout if depthwise else cin
         layer = type(module)(
             cin, cout, conv.kernel_size, stride=conv.stride, padding=conv.padding,
@@ -407,19 +412,6 @@ def _rebuild(
         )  # fmt: skip
         x = torch.randn(shape[0], cin, *shape[2:])
     return layer.to(device=device, dtype=dtype).eval(), x.to(device=device, dtype=dtype)
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    groups = getattr(module, "groups", 1)
-    return groups > 1 and groups == getattr(module, "in_channels", 0) == module.out_channels  # type: ignore[operator]
-
-
-def _in_channels(module: nn.Module) -> int:
-    return int(module.in_features if isinstance(module, nn.Linear) else module.in_channels)  # type: ignore[arg-type]
-
-
-def _out_channels(module: nn.Module) -> int:
-    return int(module.out_features if isinstance(module, nn.Linear) else module.out_channels)  # type: ignore[arg-type]
 
 
 __all__ = ["DEFAULT_GRID", "Kernel", "KernelTable", "LayerRef"]
