@@ -530,7 +530,7 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
     table = LatencyTable.measure(
         task.model, example, graph, "cpu", widths=args.table_widths, threads=args.threads,
         progress=False, lower_bound=args.lower_bound, kernel_options=args.kernel_options,
-        **args.lat_search,
+        kernels=args.latency_model not in ("blocks", "line"), **args.lat_search,
     )  # fmt: skip
     build = functools.partial(build, latency_table=table)
     errors = ", ".join(f"{b}: {e:.3f}" for b, e in (table.meta.get("block_rms") or {}).items())
@@ -539,7 +539,9 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
         f"fraction of dense: {errors})"
     )
     kernels = table.kernels
-    if kernels is None:  # the kernel line fitted worse (or could not be fitted)
+    if "kernel_rms" not in table.meta:  # not timed (--latency-model blocks or line)
+        task.latency_model[key] = f"measured per-unit table (amc.latency_table), {blocks}"
+    elif kernels is None:  # the kernel line fitted worse (or could not be fitted)
         task.latency_model[key] = (
             f"measured per-unit table (amc.latency_table), {blocks}; the per-layer kernel "
             f"line fitted worse (error {table.meta.get('kernel_rms') or math.nan:.3f}), unused"
@@ -552,13 +554,8 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
             f"out) channel counts timed) to whole-model timings, error "
             f"{table.meta.get('kernel_rms', math.nan):.3f} of dense; the same timings on {blocks}"
         )
-    if args.latency_model == "blocks":
-        build = functools.partial(build, latency_table=table.at_block(graph, table.block))
-        task.latency_model[key] = f"measured per-unit table (amc.latency_table), {blocks}"
     if args.latency_model == "line":
-        build = functools.partial(
-            build, latency_table=linear_table(table.at_block(graph, table.block))
-        )
+        build = functools.partial(build, latency_table=linear_table(table))
         task.latency_model[key] = "the measured table's fitted line (--latency-model line)"
     try:
         space = build()
