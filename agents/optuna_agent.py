@@ -8,6 +8,12 @@ ratios are repaired onto the budget with ``space.repair`` so every plan is feasi
 trial is told the value of the repaired plan (repair is part of the objective).
 ``tell`` is ``study.tell(trial, value)``; a failed evaluation is ``TrialState.FAIL``.
 
+The first trial is the uniform plan at the budget (``start_uniform``, on by default: the centre
+of the box, enqueued with ``study.enqueue_trial`` when the study's first trial is asked, which
+``repair`` maps onto the uniform plan),
+the reference a non-uniform plan must beat: the sampler knows from its first result where
+uniform pruning stands, and a search's best is never a plan worse than it.
+
 Plans live on a lattice (whole channels, and with a blocked latency table whole channel
 blocks), so nearby samples often repair to the same plan: TPE, exploiting its best region,
 would propose one plan over and over. A sample whose plan this agent was already told a result
@@ -105,6 +111,18 @@ class OptunaAgent(Agent):
         self._known: dict[tuple[Any, ...], list[float]] = {}  # plan key -> values told
         self.episode = 0
 
+    def _uniform_params(self) -> dict[str, Any]:
+        """The centre of the box, one keep ratio for every unit (no N:M): ``repair`` scales
+        every unit's removed fraction alike, so this is the uniform plan at the budget
+        whatever the budget's calibration (the params do not depend on it, and resume
+        re-executes the same first trial)."""
+        keep = (self.space.lower_bound + 1.0) / 2.0
+        params: dict[str, Any] = {
+            name: keep for name in self._distributions() if name.startswith("keep:")
+        }
+        params.update({name: DENSE for name in self._distributions() if name.startswith("nm:")})
+        return params
+
     def _distributions(self) -> dict[str, Any]:
         low = self.space.lower_bound
         distributions: dict[str, Any] = {}
@@ -143,6 +161,10 @@ class OptunaAgent(Agent):
         self._tell_one(number, values)
 
     def _ask_one(self) -> Proposal:
+        if self.settings.get("start_uniform") and not self.study.get_trials(deepcopy=False):
+            # the first trial of the study (enqueued here, not at creation: a waiting trial
+            # would shift the numbers of trials added as data before the first ask)
+            self.study.enqueue_trial(self._uniform_params())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             trial = self.study.ask(self._distributions())
@@ -485,6 +507,9 @@ class TPEAgent(OptunaAgent):
     name = "tpe"
     SETTINGS = {
         "n_startup_trials": Setting(10, "int", low=0, help="random trials before TPE"),
+        "start_uniform": Setting(
+            True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
+        ),
         "n_ei_candidates": Setting(24, "int", low=1, help="candidates scored per suggestion"),
         "multivariate": Setting(True, "bool", help="joint (multivariate) TPE"),
         "multi_objective": Setting(
@@ -507,6 +532,9 @@ class CmaEsAgent(OptunaAgent):
     name = "cmaes"
     SETTINGS = {
         "n_startup_trials": Setting(1, "int", low=0, help="independent trials before CMA-ES"),
+        "start_uniform": Setting(
+            True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
+        ),
         "sigma0": Setting(
             None, "float", low=0.0, low_open=True, nullable=True, help="initial step size"
         ),
@@ -542,6 +570,9 @@ class NSGA2Agent(OptunaAgent):
     directions = PARETO_DIRECTIONS
     SETTINGS = {
         "population_size": Setting(50, "int", low=2, help="individuals per generation"),
+        "start_uniform": Setting(
+            True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
+        ),
         "crossover_prob": Setting(0.9, "float", low=0.0, high=1.0, help="crossover probability"),
         "mutation_prob": Setting(
             None, "float", low=0.0, high=1.0, nullable=True, help="per-parameter mutation"

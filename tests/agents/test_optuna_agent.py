@@ -185,15 +185,16 @@ def test_the_sampler_goes_on_where_the_original_was(
 def test_rebuild_without_a_checkpoint_adds_every_trial(
     name: str, lenet_space: Any, scorer: HiddenSensitivity
 ) -> None:
-    original = make(name, lenet_space, seed=3)
+    # no uniform first trial: every seed's first draw is its own
+    original = make(name, lenet_space, seed=3, start_uniform=False)
     record = run(original, scorer, ["o", "x", "o", "o", "o"])
 
-    fresh = make(name, lenet_space, seed=3)  # the same seed: the sampler replays the asks
+    fresh = make(name, lenet_space, seed=3, start_uniform=False)  # the sampler replays the asks
     assert fresh.rebuild_replay(record) == 4
     assert trials(fresh) == trials(original)
     assert signature(fresh.ask(2)) == signature(original.ask(2))
 
-    other = make(name, lenet_space, seed=4)  # draws differently: the trials come in as data
+    other = make(name, lenet_space, seed=4, start_uniform=False)  # draws differently: as data
     assert other.rebuild_replay(record) == 4
     assert as_data(other) == as_data(original)
     # the one re-ask that drew other params is failed, not left to be told
@@ -295,9 +296,9 @@ def test_trials_never_told_are_failed_and_their_reruns_added(
 def test_a_proposal_is_told_to_its_trial_only_when_the_params_match(
     lenet_space: Any, scorer: HiddenSensitivity
 ) -> None:
-    agent = make("tpe", lenet_space)
+    agent = make("tpe", lenet_space, start_uniform=False)
     [own] = agent.ask(1)
-    [other] = make("tpe", lenet_space, seed=9).ask(1)  # also trial 0, other params
+    [other] = make("tpe", lenet_space, seed=9, start_uniform=False).ask(1)  # trial 0 too
     assert other.info["trial"] == own.info["trial"] == 0
     agent.tell([other], [scorer(other.plan)])
     trials = agent.study.get_trials()
@@ -392,3 +393,20 @@ def test_a_plan_with_a_result_is_not_proposed_again(
     again.load_state_dict(round_trip(agent.state_dict()))
     assert trials(again) == trials(agent)
     assert signature(again.ask(1)) == signature(agent.ask(1))
+
+
+@pytest.mark.parametrize("name", OPTUNA)
+def test_the_first_trial_is_the_uniform_plan_at_the_budget(
+    name: str, lenet_space: Any, scorer: HiddenSensitivity
+) -> None:
+    [uniform] = get_agent("uniform", lenet_space).ask(1)
+    agent = make(name, lenet_space, seed=5)
+    first, second = agent.ask(2)
+    assert first.plan.key() == uniform.plan.key()
+    assert second.plan.key() != uniform.plan.key()  # then the sampler's own draws
+    agent.tell([first, second], [scorer(first.plan), scorer(second.plan)])
+    resumed = make(name, lenet_space, seed=5)  # the log re-executes through the same trial
+    resumed.load_state_dict(json.loads(json.dumps(agent.state_dict())))
+    assert [p.plan.key() for p in resumed.ask(2)] == [p.plan.key() for p in agent.ask(2)]
+    [off] = make(name, lenet_space, seed=5, start_uniform=False).ask(1)
+    assert off.plan.key() != uniform.plan.key()
