@@ -72,13 +72,23 @@ class UniformAgent(_Baseline):
     """The same keep ratio for every unit: the largest that meets the budget.
 
     Every ``ask`` returns this one plan; it is the reference a non-uniform plan must beat.
+    The ratio is found again whenever the online latency calibration has moved the budget
+    (``space.calibrate_latency``), as every other agent's plans follow it.
     """
 
     name = "uniform"
 
     def __init__(self, space: Any, seed: int = 0, **settings: Any) -> None:
         super().__init__(space, seed, **settings)
-        self.keep_ratio = uniform_keep_ratio(space)
+        self._found: tuple[Any, float] | None = None
+
+    @property
+    def keep_ratio(self) -> float:
+        """The largest uniform keep ratio that meets the budget as now calibrated."""
+        budget = _calibration(self.space)
+        if self._found is None or self._found[0] != budget:
+            self._found = (budget, uniform_keep_ratio(self.space))
+        return self._found[1]
 
     def ask(self, n: int = 1) -> list[Proposal]:
         """``n`` copies of the uniform plan (a reference, not a search)."""
@@ -117,19 +127,34 @@ class GlobalMagnitudeAgent(_Baseline):
     L2 when the space's criterion is ``l2``) over every layer the unit couples, normalised by
     the group's mean so units of different scale compare. Channels are removed in increasing
     score order across all units, never below ``lower_bound`` of a unit, and the number removed
-    is bisected to the least that meets the budget.
+    is bisected to the least that meets the budget (again whenever the online latency
+    calibration has moved it).
     """
 
     name = "global_magnitude"
 
     def __init__(self, space: Any, seed: int = 0, **settings: Any) -> None:
         super().__init__(space, seed, **settings)
-        scores = channel_scores(space)
-        self.keep = global_keep(space, scores)
+        self.scores = channel_scores(space)
+        self._found: tuple[Any, dict[str, float]] | None = None
+
+    @property
+    def keep(self) -> dict[str, float]:
+        """The global-magnitude keep ratios that meet the budget as now calibrated."""
+        budget = _calibration(self.space)
+        if self._found is None or self._found[0] != budget:
+            self._found = (budget, global_keep(self.space, self.scores))
+        return self._found[1]
 
     def ask(self, n: int = 1) -> list[Proposal]:
         """``n`` copies of the global-magnitude plan."""
         return [self._propose(self.keep) for _ in range(n)]
+
+
+def _calibration(space: Any) -> float | None:
+    """The online latency calibration in force (None without a latency table)."""
+    table = getattr(space, "latency_table", None)
+    return None if table is None else float(table.scale)
 
 
 def _uniform(space: Any, keep_ratio: float) -> dict[str, float]:

@@ -11,18 +11,24 @@ import re
 from typing import Any
 
 import pytest
+import torch
 
 from agents import get_agent, list_agents
 from agents.base import Agent, Proposal
 from amc.errors import ConfigError, UnknownNameError
+from amc.latency_table import LatencyTable
 from amc.plan import PruningPlan, validate_plan
+from amc.space import SearchSpace
+from amc.units import analyze
 from tests.agents.conftest import (
     FAST_SETTINGS,
+    X,
     HiddenSensitivity,
     plan_cost_fraction,
     random_sensitivities,
     round_trip,
 )
+from tests.tiny_models import LeNet
 
 AGENTS = ["cmaes", "ddpg", "global_magnitude", "nsga2", "random", "tpe", "uniform"]
 LEARNING = ["cmaes", "ddpg", "nsga2", "random", "tpe"]  # the ones that draw random numbers
@@ -270,3 +276,23 @@ def test_random_plans_depend_on_the_episode_so_a_resume_draws_new_ones(lenet_spa
     replay = make("random", lenet_space)
     replay.load_state_dict(checkpoint)
     assert [p.params for p in replay.ask(3)] == lost  # same episodes, same plans
+
+
+@pytest.mark.parametrize("name", ["uniform", "global_magnitude"])
+def test_reference_plans_follow_the_latency_calibration(name: str) -> None:
+    """A device that runs plans faster than the table says moves the budget: the reference
+    strategies re-aim their plan at it, as every searching agent's repair does."""
+    torch.manual_seed(0)
+    model = LeNet().eval()
+    space = SearchSpace.build(
+        model, X, "latency=0.6", latency_table=LatencyTable.synthetic(analyze(model, X))
+    )
+    agent = make(name, space)
+    [before] = agent.ask(1)
+    keep = {n: u.keep_ratio for n, u in before.plan.units.items()}
+    space.calibrate_latency(before.plan, 0.7 * space.cost_fraction(keep))
+    [after] = agent.ask(1)
+    grown = {n: u.keep_ratio for n, u in after.plan.units.items()}
+    assert space.fits(grown)
+    assert sum(grown.values()) > sum(keep.values())
+    assert all(grown[n] >= keep[n] for n in keep)
