@@ -22,8 +22,8 @@ from amc.space import SearchSpace
 from amc.units import analyze
 from tests.agents.conftest import (
     FAST_SETTINGS,
-    X,
     HiddenSensitivity,
+    X,
     plan_cost_fraction,
     random_sensitivities,
     round_trip,
