@@ -61,6 +61,9 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
         row = run["strategies"][name]
         assert row["evals"] == 3 and len(row["trace"]) == 3  # the same budget for everyone
         assert 0.0 <= row["final_accuracy"] <= 1.0
+        assert all(r > 0 for r in row["confirmed"])  # the best plans re-timed (latency target)
+    assert any(run["strategies"][name]["confirmed"] for name in benchmark.SEARCHED)
+    assert "best plans re-timed before the choice" in report
     # uniform asks for one plan; on a latency target each measured plan recalibrates the
     # estimate (as `amc search` does), so it may re-aim; a repeated plan is evaluated once
     uniform = run["strategies"]["uniform"]
@@ -123,3 +126,29 @@ def test_the_evaluation_budget_counts_asks_or_distinct_plans(distinct: bool) -> 
         if not distinct:
             asks, evaluated = 4, min(evaluated, 4)
         assert (found["evals"], found["distinct"], workload.calls) == (asks, evaluated, evaluated)
+
+
+def test_the_best_plan_is_confirmed_by_timing_it_again() -> None:
+    """The most accurate plan timed over the target gives way to the next one under it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from amc.space import SearchSpace
+    from amc.units import analyze
+    from amc.zoo import get_model
+
+    args = benchmark.parse_args(["--quick", "--confirm", "2"])
+    model = get_model("resnet20", in_channels=1, num_classes=10).eval()
+    example = torch.randn(8, 1, 16, 16)
+    graph = analyze(model, example)
+    dense_plan = SearchSpace.build(model, example, "flops=1.0", graph=graph).make_plan({})
+    small = SearchSpace.build(model, example, "flops=0.2", graph=graph)
+    small_plan = small.make_plan(small.repair({}))
+    candidates = [(0.9, dense_plan, None), (0.5, small_plan, None)]
+    workload = SimpleNamespace(model=model, graph=graph)
+    for fraction, chosen, timed in ((0.7, small_plan, 2), (2.0, dense_plan, 1)):
+        space = SimpleNamespace(example_inputs=example, target=SimpleNamespace(fraction=fraction))
+        best, ratios = benchmark.confirm_best(candidates, workload, space, args)  # type: ignore[arg-type]
+        assert best[1] is chosen and len(ratios) == timed
+    assert ratios[0] > 0.7  # the dense plan timed near 1.0 of dense
