@@ -46,6 +46,16 @@ class _Baseline(Agent):
         self.seed = seed
         self.settings = check_settings(self.name, settings, self.SETTINGS)
         self.episode = 0
+        self._found: tuple[float | None, Any] | None = None
+
+    def _at_budget(self, find: Any) -> Any:
+        """``find()`` for the budget in force, found again whenever the online latency
+        calibration (``space.calibrate_latency``) has moved it."""
+        table = getattr(self.space, "latency_table", None)
+        budget = None if table is None else float(table.scale)
+        if self._found is None or self._found[0] != budget:
+            self._found = (budget, find())
+        return self._found[1]
 
     def _propose(self, keep: Mapping[str, float], **info: Any) -> Proposal:
         plan = self.space.make_plan(dict(keep), agent=self.name, episode=self.episode)
@@ -78,17 +88,10 @@ class UniformAgent(_Baseline):
 
     name = "uniform"
 
-    def __init__(self, space: Any, seed: int = 0, **settings: Any) -> None:
-        super().__init__(space, seed, **settings)
-        self._found: tuple[Any, float] | None = None
-
     @property
     def keep_ratio(self) -> float:
         """The largest uniform keep ratio that meets the budget as now calibrated."""
-        budget = _calibration(self.space)
-        if self._found is None or self._found[0] != budget:
-            self._found = (budget, uniform_keep_ratio(self.space))
-        return self._found[1]
+        return float(self._at_budget(lambda: uniform_keep_ratio(self.space)))
 
     def ask(self, n: int = 1) -> list[Proposal]:
         """``n`` copies of the uniform plan (a reference, not a search)."""
@@ -136,25 +139,15 @@ class GlobalMagnitudeAgent(_Baseline):
     def __init__(self, space: Any, seed: int = 0, **settings: Any) -> None:
         super().__init__(space, seed, **settings)
         self.scores = channel_scores(space)
-        self._found: tuple[Any, dict[str, float]] | None = None
 
     @property
     def keep(self) -> dict[str, float]:
         """The global-magnitude keep ratios that meet the budget as now calibrated."""
-        budget = _calibration(self.space)
-        if self._found is None or self._found[0] != budget:
-            self._found = (budget, global_keep(self.space, self.scores))
-        return self._found[1]
+        return dict(self._at_budget(lambda: global_keep(self.space, self.scores)))
 
     def ask(self, n: int = 1) -> list[Proposal]:
         """``n`` copies of the global-magnitude plan."""
         return [self._propose(self.keep) for _ in range(n)]
-
-
-def _calibration(space: Any) -> float | None:
-    """The online latency calibration in force (None without a latency table)."""
-    table = getattr(space, "latency_table", None)
-    return None if table is None else float(table.scale)
 
 
 def _uniform(space: Any, keep_ratio: float) -> dict[str, float]:

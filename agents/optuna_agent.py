@@ -10,9 +10,8 @@ trial is told the value of the repaired plan (repair is part of the objective).
 
 The first trial is the uniform plan at the budget (``start_uniform``, on by default: the centre
 of the box, enqueued with ``study.enqueue_trial`` when the study's first trial is asked, which
-``repair`` maps onto the uniform plan),
-the reference a non-uniform plan must beat: the sampler knows from its first result where
-uniform pruning stands, and a search's best is never a plan worse than it.
+``repair`` maps onto the uniform plan), the reference a non-uniform plan must beat: the sampler
+knows from its first result where uniform pruning stands.
 
 Plans live on a lattice (whole channels, and with a blocked latency table whole channel
 blocks), so nearby samples often repair to the same plan: TPE, exploiting its best region,
@@ -72,6 +71,10 @@ PARETO_DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "m
 MAX_REPLAY_GAP = 100
 # Samples whose plan already has a result, told that result and drawn again, per proposal.
 MAX_REPEATS = 20
+# Every sampler's first trial: the uniform plan at the budget (see the module docstring).
+START_UNIFORM = Setting(
+    True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
+)
 
 
 class OptunaAgent(Agent):
@@ -117,11 +120,9 @@ class OptunaAgent(Agent):
         whatever the budget's calibration (the params do not depend on it, and resume
         re-executes the same first trial)."""
         keep = (self.space.lower_bound + 1.0) / 2.0
-        params: dict[str, Any] = {
-            name: keep for name in self._distributions() if name.startswith("keep:")
+        return {
+            name: keep if name.startswith("keep:") else DENSE for name in self._distributions()
         }
-        params.update({name: DENSE for name in self._distributions() if name.startswith("nm:")})
-        return params
 
     def _distributions(self) -> dict[str, Any]:
         low = self.space.lower_bound
@@ -507,9 +508,7 @@ class TPEAgent(OptunaAgent):
     name = "tpe"
     SETTINGS = {
         "n_startup_trials": Setting(10, "int", low=0, help="random trials before TPE"),
-        "start_uniform": Setting(
-            True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
-        ),
+        "start_uniform": START_UNIFORM,
         "n_ei_candidates": Setting(24, "int", low=1, help="candidates scored per suggestion"),
         "multivariate": Setting(True, "bool", help="joint (multivariate) TPE"),
         "multi_objective": Setting(
@@ -532,9 +531,7 @@ class CmaEsAgent(OptunaAgent):
     name = "cmaes"
     SETTINGS = {
         "n_startup_trials": Setting(1, "int", low=0, help="independent trials before CMA-ES"),
-        "start_uniform": Setting(
-            True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
-        ),
+        "start_uniform": START_UNIFORM,
         "sigma0": Setting(
             None, "float", low=0.0, low_open=True, nullable=True, help="initial step size"
         ),
@@ -570,9 +567,7 @@ class NSGA2Agent(OptunaAgent):
     directions = PARETO_DIRECTIONS
     SETTINGS = {
         "population_size": Setting(50, "int", low=2, help="individuals per generation"),
-        "start_uniform": Setting(
-            True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
-        ),
+        "start_uniform": START_UNIFORM,
         "crossover_prob": Setting(0.9, "float", low=0.0, high=1.0, help="crossover probability"),
         "mutation_prob": Setting(
             None, "float", low=0.0, high=1.0, nullable=True, help="per-parameter mutation"

@@ -391,9 +391,8 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
     agent = get_agent(name, space, seed=seed, **agent_settings(name, args.evals))
     cache: dict[tuple[Any, ...], EvalResult] = {}
     trace: list[dict[str, Any]] = []
-    best: tuple[float, PruningPlan, EvalResult] | None = None
     fallback: tuple[float, PruningPlan, EvalResult] | None = None
-    in_budget: list[tuple[float, PruningPlan, EvalResult]] = []
+    in_budget: list[tuple[float, PruningPlan, EvalResult]] = []  # distinct plans measured ok
     # --distinct-evals: the budget is distinct evaluated plans (asks capped at 4x that), so a
     # strategy whose proposals repeat (plans on a coarse channel lattice do) is not cut short
     max_asks = args.evals * (4 if args.distinct_evals else 1)
@@ -426,10 +425,9 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
             entry = (result.accuracy, proposal.plan, result)
             if result.ok and not reused:
                 in_budget.append(entry)
-            if result.ok and (best is None or entry[0] > best[0]):
-                best = entry
             if fallback is None or entry[0] > fallback[0]:
                 fallback = entry
+    best = max(in_budget, key=lambda entry: entry[0]) if in_budget else None
     confirmed: list[float] = []
     if calibrated and args.confirm and in_budget:
         best, confirmed = confirm_best(in_budget, workload, space, args)
