@@ -2,13 +2,18 @@
 
 Like Optuna's ask/tell: ``ask(n)`` returns up to ``n`` proposals (full pruning plans);
 ``tell(proposals, results)`` feeds back what the evaluator measured for each one, in the same
-order, ``None`` for a failed evaluation. Agents hold no evaluator and no storage, so the same
-agent runs in a plain loop, in ``amc.search.run_search`` on Ray, or in a test.
+order, ``None`` for a failed evaluation. A plan measured over its target is told as a mapping
+with ``"over_budget": 1.0``, its metrics and, as ``"reward"``, the reward it would get at zero
+accuracy (``amc.search.penalty_of``): an agent that learns from every episode (DDPG) learns to
+avoid it; one that does not (the Optuna agents) takes it as a failure. Agents hold no evaluator
+and no storage, so the same agent runs in a plain loop, in ``amc.search.run_search`` on Ray, or
+in a test.
 
 Optional: ``rebuild_replay(proposals_with_results) -> int``. On resume the service calls it after
-``load_state_dict`` with a ``(proposal, result)`` pair per completed trial of the record, oldest
-first, so that an agent gets back what its checkpoint lacks (DDPG its replay buffer; the Optuna
-agents the trials told after the last checkpoint). It returns how many trials it took in.
+``load_state_dict`` with a ``(proposal, result)`` pair per completed (or over-budget) trial of
+the record, oldest first, so that an agent gets back what its checkpoint lacks (DDPG its replay
+buffer; the Optuna agents the trials told after the last checkpoint). It returns how many trials
+it took in.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any
 from amc.plan import PruningPlan
 
 # What an evaluation reports back to an agent: "reward" always (higher is better); metrics such
-# as "accuracy", "latency_ms", "flops", "params" where measured. None marks a failed evaluation.
+# as "accuracy", "latency_ms", "flops", "params" where measured; "over_budget": 1.0 for a plan
+# measured over its target (its reward is then the penalty). None marks a failed evaluation.
 Result = Mapping[str, float] | None
 
 

@@ -12,6 +12,8 @@ Faithful to AMC (He et al., ECCV 2018, and its reference code, mit-han-lab/amc:
   (AMC's ``select_action``);
 - the episode's final reward stored with EVERY transition of the episode; after warm-up, one
   gradient update per stored transition (AMC calls ``update_policy`` after each ``observe``);
+- a plan measured over a latency target (which AMC's FLOPs clip never produced) is stored
+  with the penalty reward it is told (``amc.search.penalty_of``: its reward at zero accuracy);
 - a moving-average reward baseline, AMC's exact form: at each update the sampled batch's mean
   reward moves the baseline ``b <- b + alpha * (mean - b)`` (alpha 0.5; the first batch sets
   it) and the batch rewards minus ``b`` are what the critic learns from
@@ -251,7 +253,10 @@ class DDPGAgent(Agent):
     def tell(self, proposals: Sequence[Proposal], results: Sequence[Result]) -> None:
         """Store each episode's transitions with its final reward, and train after warm-up.
 
-        A failed evaluation (None) stores nothing.
+        A failed evaluation (None) stores nothing. A plan measured over the target
+        (``"over_budget"``) is stored with the reward it was told, the penalty of
+        ``amc.search.penalty_of``: AMC's clip never lets a plan over the budget, but a
+        measured latency can, and an agent told nothing of it proposes it again.
         """
         check_told(proposals, results)
         with torch_threads(self.settings["threads"]):

@@ -6,7 +6,8 @@ its own storage; this study is only the sampler's memory). ``ask`` is ``study.as
 one ``suggest_categorical("nm:<unit>", ["dense", "N:M"])`` per eligible unit); the sampled keep
 ratios are repaired onto the budget with ``space.repair`` so every plan is feasible, and the
 trial is told the value of the repaired plan (repair is part of the objective).
-``tell`` is ``study.tell(trial, value)``; a failed evaluation is ``TrialState.FAIL``.
+``tell`` is ``study.tell(trial, value)``; a failed evaluation, or a plan measured over the
+target, is ``TrialState.FAIL``.
 
 The first trial is the uniform plan at the budget (``start_uniform``, on by default: the centre
 of the box, enqueued with ``study.enqueue_trial`` when the study's first trial is asked, which
@@ -259,8 +260,8 @@ class OptunaAgent(Agent):
             self.study.tell(trial, values)
 
     def _values(self, result: Result) -> list[float] | None:
-        if result is None:
-            return None
+        if result is None or result.get("over_budget"):
+            return None  # a plan measured over the target fails its trial
         keys = self.objectives
         missing = [key for key in keys if key not in result]
         if missing:

@@ -24,7 +24,7 @@ from amc.config import ExperimentConfig
 from amc.evaluate import EvalResult, Evaluator, LocalEvaluator, TaskSpec, Workload, evaluate_all
 from amc.plan import PruningPlan, parse_nm
 from amc.prune import apply_plan
-from amc.search import SearchOutcome, run_search
+from amc.search import SearchOutcome, run_search, told_result
 from amc.space import SearchSpace, Target
 from amc.study import SearchRecord
 
@@ -276,9 +276,9 @@ def search(
         if state is not None:
             agent.load_state_dict(state)
         rebuild = getattr(agent, "rebuild_replay", None)
-        if rebuild is not None and (state is not None or record.count_completed()):
+        if rebuild is not None and (state is not None or record.finished()):
             # also without a checkpoint: a kill before the first save left trials behind
-            rebuild(_told(record, Proposal))
+            rebuild(_told(record, Proposal, experiment.config.reward))
         _continue_episodes(agent, record)
         outcome = run_search(
             agent,
@@ -438,16 +438,24 @@ def _plain(metrics: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(metrics).items() if isinstance(v, int | float | str)}
 
 
-def _told(record: SearchRecord, proposal_type: type) -> list[tuple[Any, dict[str, Any] | None]]:
-    """Completed trials as (proposal, result mapping) pairs, oldest first, for replay."""
+def _told(
+    record: SearchRecord, proposal_type: type, reward: str
+) -> list[tuple[Any, dict[str, Any] | None]]:
+    """Completed and over-budget trials as (proposal, result mapping) pairs, oldest first, for
+    replay: each as it was told (an over-budget plan with its penalty reward)."""
     pairs: list[tuple[Any, dict[str, Any] | None]] = []
-    for trial in record.completed():
-        if trial.plan is None or trial.value is None:
+    for trial in record.finished():
+        over = trial.state == "FAIL" and trial.metrics.get("status") == "over_budget"
+        if trial.plan is None or (trial.value is None and not over):
             continue
+        if over:
+            told = told_result(EvalResult.from_json(trial.metrics), reward)
+        else:
+            told = {"reward": trial.value, **_plain(trial.metrics)}
         proposal = proposal_type(
             plan=trial.plan, params=dict(trial.params), episode=trial.episode or 0, info=trial.info
         )
-        pairs.append((proposal, {"reward": trial.value, **_plain(trial.metrics)}))
+        pairs.append((proposal, told))
     return pairs
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from rich.progress import (
@@ -71,6 +71,31 @@ def reward_of(result: EvalResult, kind: str = "err") -> float:
     if kind == "accuracy":
         return quality
     raise AmcError(f"Unknown reward {kind!r}; expected one of {', '.join(REWARDS)}.")
+
+
+def penalty_of(result: EvalResult, kind: str = "err") -> float:
+    """The reward of a plan measured over its target: its reward at zero accuracy.
+
+    AMC's clip keeps every plan within the budget by construction; with a measured latency a
+    plan can still land over it (the estimate was off, or the machine was noisy). An agent
+    that learns from every episode (DDPG) is told this reward for it, that of a model that
+    gets nothing right, so it learns to leave that region; the Optuna agents count it as a
+    failure.
+    """
+    return reward_of(replace(result, accuracy=0.0, fidelity=None), kind)
+
+
+def told_result(result: EvalResult, kind: str = "err") -> dict[str, float] | None:
+    """What the agent is told of one evaluation (the protocol of :mod:`agents.base`).
+
+    ``{"reward": ..., **metrics}`` when ok; for a plan measured over the target the same with
+    the reward :func:`penalty_of` and ``"over_budget": 1.0``; None when the evaluation failed.
+    """
+    if result.ok:
+        return {"reward": reward_of(result, kind), **_metrics(result)}
+    if result.status == "over_budget":
+        return {"reward": penalty_of(result, kind), "over_budget": 1.0, **_metrics(result)}
+    return None
 
 
 def objective_values(result: EvalResult, objectives: Sequence[str], reward: str) -> list[float]:
@@ -156,13 +181,12 @@ def run_search(
                     ok = result.status == "ok"
                     values = objective_values(result, objectives, reward) if ok else None
                     record.finish(number, result.to_json(), values)
-                    told = None
+                    told = told_result(result, reward)
                     if ok and values is not None:
                         completed += 1
                         value = reward_of(result, reward)
                         rewards.append(value)
                         best = max(best, value)
-                        told = {"reward": value, **_metrics(result)}
                     elif result.status == "over_budget":
                         # measured over the target (the estimate was off, or the machine was
                         # noisy): recorded with its metrics, not a completed episode

@@ -508,6 +508,10 @@ class SearchRecord:
         """The COMPLETE trials, by number."""
         return self.trials((TrialState.COMPLETE,))
 
+    def finished(self) -> list[TrialRecord]:
+        """The COMPLETE and FAIL trials, by number."""
+        return self.trials((TrialState.COMPLETE, TrialState.FAIL))
+
     def count_completed(self) -> int:
         """How many trials completed."""
         return len(

@@ -20,7 +20,8 @@ For a trained baseline and one or more targets, in ONE process and one machine s
    SAME held-out test samples, which the search never sees;
 4. the dense model and all those models are timed in one interleaved run (A B C ... C B A ...,
    ``measure_interleaved``, ``--rounds`` rounds, at every ``--report-batches`` batch size,
-   1 thread); the medians of the rounds are reported, so machine drift cancels.
+   1 thread); the medians of the rounds are reported, and each ratio to dense is the median of
+   the per-round ratios, so machine drift cancels.
 
 Data: the validation split used by the search is the first ``--val`` samples of the data set's
 test split, the final test split the next ``--test`` samples; training and fine-tuning use the
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import functools
 import json
 import math
@@ -86,7 +88,7 @@ from amc.measure import (  # noqa: E402
 )
 from amc.plan import PruningPlan  # noqa: E402
 from amc.prune import apply_plan  # noqa: E402
-from amc.search import reward_of  # noqa: E402
+from amc.search import told_result  # noqa: E402
 from amc.space import SearchSpace, Target  # noqa: E402
 from amc.train import evaluate, finetune, pretrained  # noqa: E402
 from amc.zoo import DataSplits, get_data  # noqa: E402
@@ -162,6 +164,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--quick", action="store_true", help="CI-scale smoke run (synthetic data, tiny budgets)")
     add("--cases", default=None, help=f"comma list of {', '.join(CASES)}")
     add("--targets", default=None, help="comma list overriding every case's targets")
+    add(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma list of {', '.join(STRATEGIES)} (default: all)",
+    )
     add("--cifar10", default=None, help="local CIFAR-10 binary folder (enables resnet56)")
     add("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; quick 1)")
     add("--evals", type=int, default=None, help="plans each strategy evaluates (default 30)")
@@ -226,7 +233,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "test": 128 if quick else 5000,
         "baseline_epochs": 1 if quick else 2,
         "report_batches": "1,2" if quick else "1,32",
-        "rounds": 1 if quick else 3,
+        "rounds": 1 if quick else 5,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -235,6 +242,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [name for name in args.case_names if name not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    args.strategy_list = [name.strip() for name in args.strategies.split(",") if name.strip()]
+    for name in args.strategy_list:
+        if name not in STRATEGIES:
+            close = difflib.get_close_matches(name, STRATEGIES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            parser.error(f"unknown strategy {name!r}.{hint} Known: {', '.join(STRATEGIES)}")
     args.target_list = (
         [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
     )
@@ -367,18 +380,6 @@ def agent_settings(name: str, evals: int) -> dict[str, Any]:
     return {}
 
 
-def told(result: EvalResult) -> dict[str, float] | None:
-    """What the agent is told, as ``amc.search.run_search`` tells it (None unless ok)."""
-    if not result.ok:
-        return None
-    metrics = {
-        name: float(getattr(result, name))
-        for name in ("accuracy", "latency_ms", "flops", "params", "loss")
-        if getattr(result, name) is not None
-    }
-    return {"reward": reward_of(result, "err"), **metrics}
-
-
 def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
                  args: argparse.Namespace, scale: float = 1.0) -> dict[str, Any]:  # fmt: skip
     """Ask/evaluate/tell ``args.evals`` plans (distinct ones with ``--distinct-evals``); return
@@ -407,7 +408,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         result = cache[key]
         if calibrated and not reused and result.latency_ratio is not None:
             space.calibrate_latency(proposal.plan, result.latency_ratio)  # as `amc search` does
-        feedback = told(result)
+        feedback = told_result(result, "err")  # as `amc search` tells it
         agent.tell([proposal], [feedback])
         trace.append(
             {
@@ -416,7 +417,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
                 "accuracy": result.accuracy,
                 "latency_ms": result.latency_ms,
                 "flops": result.flops,
-                "reward": feedback["reward"] if feedback else None,
+                "reward": feedback["reward"] if result.ok and feedback else None,
                 "reused": reused,
                 "error": result.error if result.status == "failed" else None,
             }
@@ -644,7 +645,7 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
     dense_search = workload.dense_metrics()
     outcome: dict[str, Any] = {"seed": seed, "strategies": {}, "errors": {}}
     models: dict[str, nn.Module] = {}
-    for strategy in STRATEGIES:
+    for strategy in (s for s in STRATEGIES if s in args.strategy_list):
         log(f"[{name} {key} seed {seed}] {strategy}: searching")
         try:
             if strategy in PEERS:
@@ -687,7 +688,10 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
         row["params_ratio"] = count_params(model) / task.dense["params"]
         row["final_s"] = time.perf_counter() - start
         log(f"[{name} {key} seed {seed}] {strategy}: final accuracy {metrics.accuracy:.4f}")
-    outcome["latency"] = interleaved_latency({"dense": task.model, **models}, task.example, args)
+    timed = interleaved_latency({"dense": task.model, **models}, task.example, args)
+    outcome["latency"] = {b: timed[b]["ms"] for b in timed}
+    outcome["latency_ratio"] = {b: timed[b]["ratio"] for b in timed}
+    outcome["latency_rounds"] = {b: timed[b]["rounds"] for b in timed}
     outcome["dense_search"] = {k: dense_search[k] for k in ("accuracy", "latency_ms")}
     outcome["table_s"] = task.table_s.get(key)
     outcome["latency_model"] = task.latency_model.get(key)
@@ -697,14 +701,18 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
 
 
 def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor,
-                        args: argparse.Namespace) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Median over rounds of each model's median latency; within a round every model is timed
-    block by block in alternation (``measure_interleaved``: A B C ... C B A ...), as a search
-    times a plan against the dense model, so drift during the run hits every model alike."""
-    runs: dict[str, dict[str, list[float]]] = {
-        str(b): {m: [] for m in models} for b in args.batches
-    }
+                        args: argparse.Namespace) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each model's latency, and its ratio to the dense model, at every report batch size.
+
+    Within a round every model is timed block by block in alternation (``measure_interleaved``:
+    A B C ... C B A ...), as a search times a plan against the dense model, so drift during
+    the round hits every model alike. ``ms``: the median over rounds of each model's median;
+    ``ratio``: the median over rounds of each round's ratio to the dense model of that round
+    (paired, so a round the machine slowed throughout cancels out instead of skewing the
+    numerator's median and not the denominator's). Needs ``"dense"`` among ``models``.
+    """
     names = list(models)
+    rounds: dict[str, list[dict[str, float]]] = {str(b): [] for b in args.batches}
     for _ in range(args.rounds):
         for batch in args.batches:
             stats = measure_interleaved(
@@ -713,17 +721,33 @@ def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor,
                 min_run_time=args.lat_final["min_run_time"] * len(names),
                 rounds=args.lat_final["repeats"],
             )  # fmt: skip
-            for name, stat in zip(names, stats, strict=True):
-                runs[str(batch)][name].append(stat.median_ms)
+            rounds[str(batch)].append(
+                {name: stat.median_ms for name, stat in zip(names, stats, strict=True)}
+            )
     return {
-        batch: {name: statistics.median(values) for name, values in per_model.items()}
-        for batch, per_model in runs.items()
+        batch: {
+            "ms": {name: statistics.median(r[name] for r in per_round) for name in names},
+            "ratio": {
+                name: statistics.median(r[name] / r["dense"] for r in per_round) for name in names
+            },
+            "rounds": per_round,
+        }
+        for batch, per_round in rounds.items()
     }
 
 
 # --------------------------------------------------------------------------------------------
 # summary, goals, report
 # --------------------------------------------------------------------------------------------
+
+
+def latency_ratio(run: dict[str, Any], batch: str, name: str) -> float:
+    """A final model's latency over the dense model's: paired per round where the run has it
+    (:func:`interleaved_latency`), else the ratio of the medians (raw files of older runs)."""
+    paired = run.get("latency_ratio", {}).get(batch, {})
+    if name in paired:
+        return float(paired[name])
+    return float(run["latency"][batch][name] / run["latency"][batch]["dense"])
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -748,7 +772,7 @@ def summarise(runs: list[dict[str, Any]], target: Target, batch: int) -> dict[st
         item["acc"] = mean_std([row["final_accuracy"] for _, row in rows])
         for b in batches:
             lat = [run["latency"][b][strategy] for run, _ in rows]
-            ratio = [run["latency"][b][strategy] / run["latency"][b]["dense"] for run, _ in rows]
+            ratio = [latency_ratio(run, b, strategy) for run, _ in rows]
             item[f"lat{b}"] = mean_std(lat)
             item[f"ratio{b}"] = mean_std(ratio)
             item[f"ratios{b}"] = ratio
@@ -1074,7 +1098,9 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         "weights, same lr, batch and seed for every strategy; test accuracy on held-out samples "
         "the search never saw.",
         f"- Latency: dense and every final model timed in one interleaved run, {args.rounds} "
-        f"round(s) x batch sizes {args.batches}, median of the per-round medians "
+        f"round(s) x batch sizes {args.batches}, median of the per-round medians; the ratios to "
+        "dense are the medians of the per-round ratios (each round's model over that round's "
+        "dense) "
         f"(`measure_interleaved`: blocks of each model in alternation, 1 thread, about "
         f"{args.lat_final['min_run_time']} s and {args.lat_final['repeats']} blocks per model "
         "per round); the latency table and every search-time measurement are interleaved with "

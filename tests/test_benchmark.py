@@ -72,8 +72,33 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
     for batch in ("1", "2"):
         assert set(run["latency"][batch]) == {"dense", *benchmark.STRATEGIES}
         assert all(math.isfinite(v) and v > 0 for v in run["latency"][batch].values())
+        # each ratio to dense is the median of the per-round ratios, paired within a round
+        [timed] = run["latency_rounds"][batch]  # one round in quick mode
+        for name, ratio in run["latency_ratio"][batch].items():
+            assert ratio == pytest.approx(timed[name] / timed["dense"])
     assert raw["cases"]["resnet56-cifar10"]["skipped"].startswith("resnet56 on CIFAR-10")
     assert elapsed < 60, f"the quick run took {elapsed:.0f} CPU s"
+
+
+def test_the_ratio_to_dense_is_paired_within_rounds() -> None:
+    # a round the machine slowed throughout: the medians of the rounds would read plan 6.0 over
+    # dense 10.0 = 0.6, the pairs read 0.5 in every round
+    rounds = [{"dense": 10.0, "plan": 5.0}, {"dense": 20.0, "plan": 10.0}, {"dense": 8, "plan": 4}]
+    run = {"latency": {"32": {"dense": 10.0, "plan": 6.0}}, "latency_ratio": {"32": {}}}
+    assert benchmark.latency_ratio(run, "32", "plan") == pytest.approx(0.6)  # older raw files
+    run["latency_ratio"]["32"]["plan"] = benchmark.statistics.median(
+        r["plan"] / r["dense"] for r in rounds
+    )
+    assert benchmark.latency_ratio(run, "32", "plan") == 0.5
+
+
+def test_strategies_can_be_chosen_with_a_did_you_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    args = benchmark.parse_args(["--quick", "--strategies", "tpe,ddpg"])
+    assert args.strategy_list == ["tpe", "ddpg"]
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.parse_args(["--quick", "--strategies", "tpee"])
+    assert exit_.value.code == 2
+    assert "unknown strategy 'tpee'. Did you mean 'tpe'?" in capsys.readouterr().err
 
 
 def test_a_table_predicting_the_target_unreachable_starts_scaled_to_fit() -> None:

@@ -1,4 +1,5 @@
-"""DDPG is AMC's: defaults, reward broadcast, the moving baseline, warm-up and decaying noise."""
+"""DDPG is AMC's: defaults, reward broadcast, the moving baseline, warm-up and decaying noise;
+plans measured over the target are learnt with their penalty."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import torch
 from scipy.stats import truncnorm
 from torch import nn
 
+from agents.base import Proposal
 from agents.ddpg import DDPGAgent
+from amc.evaluate import EvalResult
+from amc.experiment import _told
+from amc.search import run_search
+from amc.study import SearchRecord
 from tests.agents.conftest import HiddenSensitivity, random_sensitivities
 
 SMALL = {"net_arch": [16, 16], "batch_size": 4}
@@ -166,3 +172,57 @@ def test_store_taken_actions_learns_from_the_clipped_actions(chain_space) -> Non
         agent.replay_buffer.actions[: len(taken), 0], 2 * taken - 1, atol=1e-6
     )
     assert np.any(np.abs(taken - asked) > 1e-3)  # the stored actions are not the agent's own
+
+
+class OverBudgetEveryOther:
+    """An Evaluator (the part run_search uses) whose odd-numbered trials measure over budget."""
+
+    capacity = 1
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[int, object]] = []
+
+    def submit(self, tag: int, plan: object) -> None:
+        self.queue.append((tag, plan))
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, EvalResult]]:
+        done, self.queue = self.queue, []
+        return [
+            (
+                tag,
+                EvalResult(status="over_budget", accuracy=0.9, latency_ms=2.0, reason="over_budget")
+                if tag % 2
+                else EvalResult(status="ok", accuracy=0.5 + 0.1 * tag, latency_ms=1.0),
+            )
+            for tag, _ in done
+        ]
+
+    def cancel_all(self) -> list[int]:
+        return []
+
+
+def test_plans_over_the_target_are_learnt_with_their_penalty_and_replayed(
+    lenet_space, tmp_path
+) -> None:
+    agent = DDPGAgent(lenet_space, warmup=1, **SMALL)
+    units = len(lenet_space.units)
+    attrs = {"fingerprint": "sha256:0", "config": {}, "objectives": ["reward"]}
+    record = SearchRecord.create(f"sqlite:///{tmp_path}/amc.db", "over", ["maximize"], attrs)
+    run_search(agent, OverBudgetEveryOther(), record, episodes=3, progress=False)
+    # trials 0 ok, 1 over, 2 ok, 3 over, 4 ok: every one stored, the over-budget ones at -1
+    # (the reward of no accuracy), not at their measured 0.9
+    rewards = agent.replay_buffer.rewards[: 5 * units, 0].tolist()
+    assert rewards == [
+        pytest.approx(r) for r in (-0.5, -1.0, -0.3, -1.0, -0.1) for _ in range(units)
+    ]
+    assert agent.model._n_updates == 4 * units  # every episode after warm-up trains
+
+    pairs = _told(record, Proposal, "err")
+    assert [r and r.get("over_budget") for _, r in pairs] == [None, 1.0, None, 1.0, None]
+    resumed = DDPGAgent(lenet_space, warmup=1, **SMALL)
+    resumed.load_state_dict(agent.state_dict())
+    assert resumed.rebuild_replay(pairs) == 5
+    for field in ("observations", "actions", "rewards", "dones"):
+        np.testing.assert_array_equal(
+            getattr(resumed.replay_buffer, field), getattr(agent.replay_buffer, field)
+        )

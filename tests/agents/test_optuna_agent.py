@@ -363,7 +363,7 @@ def test_resume_from_a_lagging_checkpoint_in_a_stored_study(
 
     resumed = make(name, lenet_space, seed=6)  # as amc.experiment.search restores an agent
     resumed.load_state_dict(record.load_agent_state())
-    assert resumed.rebuild_replay(_told(record, Proposal)) == 4
+    assert resumed.rebuild_replay(_told(record, Proposal, "err")) == 4
     assert complete(resumed) == complete(agent)
     assert signature(resumed.ask(2)) == signature(agent.ask(2))
 
@@ -410,3 +410,13 @@ def test_the_first_trial_is_the_uniform_plan_at_the_budget(
     assert [p.plan.key() for p in resumed.ask(2)] == [p.plan.key() for p in agent.ask(2)]
     [off] = make(name, lenet_space, seed=5, start_uniform=False).ask(1)
     assert off.plan.key() != uniform.plan.key()
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
+def test_a_plan_told_over_budget_fails_its_trial(name: str, lenet_space: Any) -> None:
+    agent = make(name, lenet_space)
+    proposals = agent.ask(2)
+    over = {"reward": -1.0, "over_budget": 1.0, "accuracy": 0.9, "latency_ms": 2.0}
+    agent.tell(proposals, [over, {"reward": -0.2, "accuracy": 0.8, "latency_ms": 1.0}])
+    states = [trial.state.name for trial in agent.study.get_trials()]
+    assert states == ["FAIL", "COMPLETE"]

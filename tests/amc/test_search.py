@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from amc import experiment
+from amc import search as search_module
 from amc.checkpoint import save_weights
 from amc.config import ExperimentConfig, load_config
 from amc.evaluate import EvalResult, LocalEvaluator
@@ -311,3 +312,19 @@ def test_failed_and_nan_finetunes_are_recorded_and_the_search_completes(
     }
     assert all(t.metrics["finetune_steps"] == 2 for t in trials if t.state == "COMPLETE")
     assert sorted(t.episode for t in trials) == list(range(9))
+
+
+def test_what_an_agent_is_told_of_ok_over_budget_and_failed_plans() -> None:
+    ok = EvalResult(status="ok", accuracy=0.75, latency_ms=2.0, flops=1000)
+    over = replace(ok, status="over_budget", reason="over_budget")
+    failed = EvalResult(status="failed", error="RuntimeError: boom", reason="exception")
+    assert search_module.told_result(ok) == {
+        "reward": -0.25, "accuracy": 0.75, "latency_ms": 2.0, "flops": 1000.0
+    }  # fmt: skip
+    # over the target: the metrics as measured, the reward of a model with no accuracy
+    assert search_module.told_result(over) == {
+        "reward": -1.0, "over_budget": 1.0, "accuracy": 0.75, "latency_ms": 2.0, "flops": 1000.0
+    }  # fmt: skip
+    assert search_module.told_result(over, "flops")["reward"] == pytest.approx(-math.log(1000))
+    assert search_module.told_result(over, "accuracy")["reward"] == 0.0
+    assert search_module.told_result(failed) is None
