@@ -448,6 +448,7 @@ def _told(
         over = trial.state == "FAIL" and trial.metrics.get("status") == "over_budget"
         if trial.plan is None or (trial.value is None and not over):
             continue
+        told: dict[str, Any] | None
         if over:
             told = told_result(EvalResult.from_json(trial.metrics), reward)
         else:

@@ -187,13 +187,9 @@ class OverBudgetEveryOther:
 
     def poll(self, timeout: float | None = None) -> list[tuple[int, EvalResult]]:
         done, self.queue = self.queue, []
+        over = EvalResult(status="over_budget", accuracy=0.9, latency_ms=2.0, reason="over_budget")
         return [
-            (
-                tag,
-                EvalResult(status="over_budget", accuracy=0.9, latency_ms=2.0, reason="over_budget")
-                if tag % 2
-                else EvalResult(status="ok", accuracy=0.5 + 0.1 * tag, latency_ms=1.0),
-            )
+            (tag, over if tag % 2 else EvalResult(status="ok", accuracy=0.5 + 0.1 * tag))
             for tag, _ in done
         ]
 
