@@ -4,8 +4,9 @@ Like Optuna's ask/tell: ``ask(n)`` returns up to ``n`` proposals (full pruning p
 ``tell(proposals, results)`` feeds back what the evaluator measured for each one, in the same
 order, ``None`` for a failed evaluation. A plan measured over its target is told as a mapping
 with ``"over_budget": 1.0``, its metrics and, as ``"reward"``, the reward it would get at zero
-accuracy (``amc.search.penalty_of``): an agent that learns from every episode (DDPG) learns to
-avoid it; one that does not (the Optuna agents) takes it as a failure. Agents hold no evaluator
+accuracy (``amc.search.penalty_of``), so that the agent learns to avoid it (DDPG stores it in
+its replay buffer; the Optuna agents complete its trial with that value and, where the sampler
+takes constraints, an infeasible ``budget`` constraint). Agents hold no evaluator
 and no storage, so the same agent runs in a plain loop, in ``amc.search.run_search`` on Ray, or
 in a test.
 

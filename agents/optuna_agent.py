@@ -6,8 +6,16 @@ its own storage; this study is only the sampler's memory). ``ask`` is ``study.as
 one ``suggest_categorical("nm:<unit>", ["dense", "N:M"])`` per eligible unit); the sampled keep
 ratios are repaired onto the budget with ``space.repair`` so every plan is feasible, and the
 trial is told the value of the repaired plan (repair is part of the objective).
-``tell`` is ``study.tell(trial, value)``; a failed evaluation, or a plan measured over the
-target, is ``TrialState.FAIL``.
+``tell`` is ``study.tell(trial, value)``; a failed evaluation is ``TrialState.FAIL``.
+
+A plan measured over its target is a completed trial that the sampler learns to avoid: its
+value is what it was told (the penalty reward, for a single objective; the measured accuracy
+and latency for two), and where the sampler takes constraints (TPE, NSGA-II) it carries the
+constraint ``budget`` = 1 (``Trial.set_constraint``), which ranks it below every plan within
+the target (TPE puts it in its "bad" density, NSGA-II's constrained domination puts it behind
+every feasible plan). CMA-ES, which ignores constraints, learns from the penalty value alone.
+A failed trial, by contrast, teaches a sampler nothing: TPE would go on proposing that region.
+``pareto_front`` lists plans within the target only.
 
 The first trial is the uniform plan at the budget (``start_uniform``, on by default: the centre
 of the box, enqueued with ``study.enqueue_trial`` when the study's first trial is asked, which
@@ -73,6 +81,8 @@ MAX_REPLAY_GAP = 100
 # Samples whose plan already has a result, told that result and drawn again, per proposal.
 MAX_REPEATS = 20
 # Every sampler's first trial: the uniform plan at the budget (see the module docstring).
+# What a trial is told: its values, and whether its plan was measured over the target.
+Told = tuple[list[float], bool]
 START_UNIFORM = Setting(
     True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
 )
@@ -84,6 +94,8 @@ class OptunaAgent(Agent):
     SETTINGS: Mapping[str, Setting] = {}
     multi_objective = False
     directions: tuple[Literal["maximize", "minimize"], ...] = ("maximize",)
+    #: whether the sampler ranks trials by their constraints (see the module docstring)
+    takes_constraints = True
 
     def __init__(self, space: Any, seed: int = 0, **settings: Any) -> None:
         self.space = space
@@ -112,7 +124,8 @@ class OptunaAgent(Agent):
             optuna.logging.set_verbosity(verbosity)
         self._running: dict[int, optuna.trial.Trial | int] = {}  # asked, not yet told
         self._plan_of: dict[int, tuple[Any, ...]] = {}  # trial number -> its plan's key
-        self._known: dict[tuple[Any, ...], list[float]] = {}  # plan key -> values told
+        self._known: dict[tuple[Any, ...], Told] = {}  # plan key -> what it was told
+        self._over: set[int] = set()  # trial numbers told over budget
         self.episode = 0
 
     def _uniform_params(self) -> dict[str, Any]:
@@ -149,18 +162,26 @@ class OptunaAgent(Agent):
         for attempt in range(1, MAX_REPEATS + 1):
             proposal = self._ask_one()
             number = proposal.info["trial"]
-            values = self._known.get(self._plan_of[number])
-            if values is None or attempt == MAX_REPEATS:  # a converged sampler: propose it
+            known = self._known.get(self._plan_of[number])
+            if known is None or attempt == MAX_REPEATS:  # a converged sampler: propose it
                 return proposal
-            self._tell_repeat(number, values)  # the sampler hears it, and draws again
+            self._tell_repeat(number, known)  # the sampler hears it, and draws again
         raise AssertionError("unreachable: the last attempt returns")
 
-    def _tell_repeat(self, number: int, values: list[float]) -> None:
+    def _tell_repeat(self, number: int, known: Told) -> None:
         """Tell trial ``number``, whose plan was evaluated before, that plan's result; it
         takes no episode (it is never proposed)."""
         self.episode -= 1
-        self._log.append({"tell": number, "values": values, "repeat": True})
-        self._tell_one(number, values)
+        self._log_tell(number, known, repeat=True)
+        self._tell_one(number, known)
+
+    def _log_tell(self, number: int | None, told: Told | None, repeat: bool = False) -> None:
+        entry: dict[str, Any] = {"tell": number, "values": None if told is None else told[0]}
+        if told is not None and told[1]:
+            entry["over_budget"] = True
+        if repeat:
+            entry["repeat"] = True
+        self._log.append(entry)
 
     def _ask_one(self) -> Proposal:
         if self.settings.get("start_uniform") and not self.study.get_trials(deepcopy=False):
@@ -208,16 +229,16 @@ class OptunaAgent(Agent):
         """Tell each proposal's trial its value(s); ``None`` (or a non-finite value) fails it."""
         check_told(proposals, results)
         for proposal, result in zip(proposals, results, strict=True):
-            values = self._values(result)
+            told = self._told(result)
             raw = self._raw_params(proposal)
             number: Any = proposal.info.get("trial")
             if self._awaits(number, raw):
-                self._log.append({"tell": number, "values": values})
-                self._tell_one(number, values)
+                self._log_tell(number, told)
+                self._tell_one(number, told)
             else:
                 # not asked of this study (another agent's, or the re-run of a trial asked
                 # after the checkpoint it was restored from): record the data all the same
-                self._add_told(raw, values)
+                self._add_told(raw, told)
 
     def _awaits(self, number: Any, raw: Mapping[str, Any]) -> bool:
         """Whether trial ``number`` was asked, is not yet told, and has the params ``raw``."""
@@ -225,13 +246,13 @@ class OptunaAgent(Agent):
             return False
         return self.study.get_trials(deepcopy=False)[number].params == dict(raw)
 
-    def _add_told(self, raw: Mapping[str, Any], values: list[float] | None) -> None:
+    def _add_told(self, raw: Mapping[str, Any], told: Told | None) -> None:
         """Add a trial with these params and tell it, without sampling (logged as such)."""
         self._log.append({"ask": None, "params": dict(raw)})
         number = self._add_running(raw)
         self._running[number] = number
-        self._log.append({"tell": None, "values": values})
-        self._tell_one(number, values)
+        self._log_tell(None, told)
+        self._tell_one(number, told)
 
     def _raw_params(self, proposal: Proposal) -> dict[str, Any]:
         """The Optuna params behind a proposal: its own, else read off its decisions."""
@@ -249,19 +270,40 @@ class OptunaAgent(Agent):
                 params[key] = distribution.choices[1] if proposal.params[key] else DENSE
         return params
 
-    def _tell_one(self, number: int, values: list[float] | None) -> None:
+    def _tell_one(self, number: int, told: Told | None) -> None:
         trial = self._running.pop(number)
         key = self._plan_of.pop(number, None)
-        if key is not None and values is not None:
-            self._known[key] = list(values)
-        if values is None:
+        if told is None:
             self.study.tell(trial, state=TrialState.FAIL)
-        else:
-            self.study.tell(trial, values)
+            return
+        values, over = list(told[0]), told[1]
+        if key is not None:
+            self._known[key] = (values, over)
+        if over:
+            self._over.add(number)
+            if self.takes_constraints:
+                self._trial(number).set_constraint("budget", 1.0)
+        self.study.tell(trial, values)
+
+    def _trial(self, number: int) -> optuna.trial.Trial:
+        """Trial ``number`` of the study, to write to (an added trial has no Trial object)."""
+        handle = self._running.get(number)
+        if isinstance(handle, optuna.trial.Trial):
+            return handle
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        return optuna.trial.Trial(self.study, frozen._trial_id)
+
+    def _told(self, result: Result) -> Told | None:
+        """The values and the over-budget flag a result tells; None fails the trial."""
+        values = self._values(result)
+        if values is None:
+            return None
+        assert result is not None
+        return values, bool(result.get("over_budget"))
 
     def _values(self, result: Result) -> list[float] | None:
-        if result is None or result.get("over_budget"):
-            return None  # a plan measured over the target fails its trial
+        if result is None:
+            return None
         keys = self.objectives
         missing = [key for key in keys if key not in result]
         if missing:
@@ -326,23 +368,23 @@ class OptunaAgent(Agent):
         """
         pairs = []
         for proposal, result in proposals_with_results:
-            values = self._values(result)
-            if values is not None:
-                pairs.append((proposal, self._raw_params(proposal), values))
+            told = self._told(result)
+            if told is not None:
+                pairs.append((proposal, self._raw_params(proposal), told))
         unknown = self._unknown(pairs)
         replaying = True
-        for proposal, raw, values in unknown:
+        for proposal, raw, told in unknown:
             number: Any = proposal.info.get("trial")
             if self._awaits(number, raw):
-                self._log.append({"tell": number, "values": values})
-                self._tell_one(number, values)
+                self._log_tell(number, told)
+                self._tell_one(number, told)
                 continue
             if replaying and "optuna_params" in proposal.info:
-                outcome = self._ask_again(number, raw, values)
+                outcome = self._ask_again(number, raw, told)
                 if outcome == "told":
                     continue
                 replaying = outcome == "not_next"
-            self._add_told(raw, values)
+            self._add_told(raw, told)
         for number in sorted(self._running):
             self._fail(number)
         return len(unknown)
@@ -352,8 +394,8 @@ class OptunaAgent(Agent):
         self._tell_one(number, None)
 
     def _unknown(
-        self, pairs: list[tuple[Proposal, dict[str, Any], list[float]]]
-    ) -> list[tuple[Proposal, dict[str, Any], list[float]]]:
+        self, pairs: list[tuple[Proposal, dict[str, Any], Told]]
+    ) -> list[tuple[Proposal, dict[str, Any], Told]]:
         """The pairs no completed trial of the study accounts for (each trial counts once)."""
         complete = {
             trial.number: trial
@@ -361,7 +403,7 @@ class OptunaAgent(Agent):
         }
         left = []
         for pair in pairs:  # first the very trial the proposal came from
-            proposal, raw, values = pair
+            proposal, raw, (values, _) = pair
             trial = complete.get(proposal.info.get("trial", -1))
             if trial is not None and _key(trial.params, trial.values) == _key(raw, values):
                 del complete[trial.number]
@@ -373,14 +415,14 @@ class OptunaAgent(Agent):
             by_data[key] = by_data.get(key, 0) + 1
         unknown = []
         for pair in left:
-            key = _key(pair[1], pair[2])
+            key = _key(pair[1], pair[2][0])
             if by_data.get(key, 0) > 0:
                 by_data[key] -= 1
             else:
                 unknown.append(pair)
         return unknown
 
-    def _ask_again(self, number: Any, raw: Mapping[str, Any], values: list[float]) -> str:
+    def _ask_again(self, number: Any, raw: Mapping[str, Any], told: Told) -> str:
         """Re-ask the sampler up to trial ``number``; tell it when it drew ``raw`` again.
 
         Returns ``"told"``, ``"not_next"`` (``number`` is not ahead of the study: nothing
@@ -403,14 +445,15 @@ class OptunaAgent(Agent):
         if dict(drawn.info["optuna_params"]) != dict(raw):
             self._fail(number)
             return "diverged"
-        self._log.append({"tell": number, "values": values})
-        self._tell_one(number, values)
+        self._log_tell(number, told)
+        self._tell_one(number, told)
         return "told"
 
     # -- results -----------------------------------------------------------------------------
 
     def pareto_front(self) -> list[dict[str, Any]]:
-        """The non-dominated completed trials (the best one for a single objective).
+        """The non-dominated completed trials within the target (the best one for a single
+        objective).
 
         Returns:
             One dict per trial: ``trial`` (number), ``params`` (Optuna's, before repair) and
@@ -423,6 +466,7 @@ class OptunaAgent(Agent):
                 "values": dict(zip(self.objectives, trial.values, strict=True)),
             }
             for trial in sorted(self.study.best_trials, key=lambda t: t.number)
+            if trial.number not in self._over  # CMA-ES's best, when every plan was over
         ]
 
     # -- state -------------------------------------------------------------------------------
@@ -476,7 +520,7 @@ class OptunaAgent(Agent):
                 number = entry["tell"] if entry["tell"] is not None else anonymous
                 if number not in self._running:
                     return False
-                self._tell_one(number, entry["values"])
+                self._tell_one(number, _logged(entry))
                 self._log.append(dict(entry))
                 if entry.get("repeat"):
                     self.episode -= 1
@@ -497,7 +541,7 @@ class OptunaAgent(Agent):
             else:
                 told = entry["tell"] if entry["tell"] is not None else anonymous
                 assert told is not None, "a logged tell always follows its ask"
-                self._tell_one(told, entry["values"])
+                self._tell_one(told, _logged(entry))
                 if entry.get("repeat"):
                     self.episode -= 1
         self._log = [dict(entry) for entry in log]
@@ -538,6 +582,8 @@ class CmaEsAgent(OptunaAgent):
         ),
         "popsize": Setting(None, "int", low=2, nullable=True, help="population size"),
     }
+
+    takes_constraints = False  # CmaEsSampler warns that it ignores them
 
     def _make_sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(
@@ -589,6 +635,13 @@ class NSGA2Agent(OptunaAgent):
         assign = getattr(self.study.sampler, "get_trial_generation", None)
         if assign is not None:
             assign(self.study, trial)
+
+
+def _logged(entry: Mapping[str, Any]) -> Told | None:
+    """What a logged tell told: its values and over-budget flag, None for a failure."""
+    if entry["values"] is None:
+        return None
+    return list(entry["values"]), bool(entry.get("over_budget"))
 
 
 def _key(params: Mapping[str, Any], values: Sequence[float] | None) -> Any:

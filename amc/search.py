@@ -78,9 +78,9 @@ def penalty_of(result: EvalResult, kind: str = "err") -> float:
 
     AMC's clip keeps every plan within the budget by construction; with a measured latency a
     plan can still land over it (the estimate was off, or the machine was noisy). An agent
-    that learns from every episode (DDPG) is told this reward for it, that of a model that
-    gets nothing right, so it learns to leave that region; the Optuna agents count it as a
-    failure.
+    is told this reward for it, that of a model that gets nothing right, so it learns to leave
+    that region (the Optuna agents also mark the trial infeasible, see
+    :mod:`agents.optuna_agent`).
     """
     return reward_of(replace(result, accuracy=0.0, fidelity=None), kind)
 

@@ -1148,8 +1148,8 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
             over = {s: summary[s]["over_budget"] for s in SEARCHED if s in summary}
             if any(over.values()):
                 lines.append(
-                    "- plans measured over the target during search (told as failures, like "
-                    "`amc search`): " + ", ".join(f"{s} {n}" for s, n in over.items() if n)
+                    "- plans measured over the target during search (told with their penalty, "
+                    "like `amc search`): " + ", ".join(f"{s} {n}" for s, n in over.items() if n)
                 )
             retimed = [
                 f"{s} "

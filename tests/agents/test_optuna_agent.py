@@ -83,6 +83,11 @@ def as_data(agent: Any) -> list[Any]:
     )
 
 
+def told_over(log: list[dict[str, Any]]) -> int:
+    """How many proposed plans an agent's log tells over budget (repeats left out)."""
+    return sum(1 for entry in log if entry.get("over_budget") and not entry.get("repeat"))
+
+
 def signature(proposals: list[Proposal]) -> list[Any]:
     return [(p.episode, dict(p.params), p.plan.to_json()) for p in proposals]
 
@@ -324,12 +329,14 @@ def test_a_proposal_of_another_agent_is_added_from_its_decisions(
 
 
 class SyntheticEvaluator:
-    """An Evaluator that scores each plan at once with a HiddenSensitivity."""
+    """An Evaluator that scores each plan at once with a HiddenSensitivity; every ``over``-th
+    plan (if given) is measured over its target."""
 
     capacity = 1
 
-    def __init__(self, scorer: HiddenSensitivity) -> None:
+    def __init__(self, scorer: HiddenSensitivity, over: int | None = None) -> None:
         self.scorer = scorer
+        self.over = over
         self.queue: list[tuple[int, Any]] = []
 
     def submit(self, tag: int, plan: Any) -> None:
@@ -339,22 +346,33 @@ class SyntheticEvaluator:
         done = [(tag, self.scorer(plan)) for tag, plan in self.queue]
         self.queue = []
         return [
-            (tag, EvalResult(status="ok", accuracy=r["accuracy"], latency_ms=r["latency_ms"]))
+            (
+                tag,
+                EvalResult(
+                    status="over_budget" if self._over() else "ok",
+                    accuracy=r["accuracy"],
+                    latency_ms=r["latency_ms"],
+                ),
+            )
             for tag, r in done
         ]
+
+    def _over(self) -> bool:
+        return self.over is not None and self.scorer.calls % self.over == 0
 
     def cancel_all(self) -> list[int]:
         return []
 
 
+@pytest.mark.parametrize("over", [None, 3], ids=["within", "every-third-over"])
 @pytest.mark.parametrize("name", ["tpe", "nsga2"])
 def test_resume_from_a_lagging_checkpoint_in_a_stored_study(
-    name: str, lenet_space: Any, scorer: HiddenSensitivity, tmp_path: Any
+    name: str, over: int | None, lenet_space: Any, scorer: HiddenSensitivity, tmp_path: Any
 ) -> None:
     agent = make(name, lenet_space, seed=6)
     attrs = {"fingerprint": "sha256:0", "config": {}, "objectives": list(agent.objectives)}
     record = SearchRecord.create(f"sqlite:///{tmp_path}/amc.db", "lag", agent.directions, attrs)
-    evaluator: Any = SyntheticEvaluator(scorer)  # the part of the Evaluator protocol used
+    evaluator: Any = SyntheticEvaluator(scorer, over)  # the part of the protocol used
     run_search(agent, evaluator, record, episodes=5, progress=False)
     lagging = record.load_agent_state()
     assert lagging is not None
@@ -363,8 +381,11 @@ def test_resume_from_a_lagging_checkpoint_in_a_stored_study(
 
     resumed = make(name, lenet_space, seed=6)  # as amc.experiment.search restores an agent
     resumed.load_state_dict(record.load_agent_state())
-    assert resumed.rebuild_replay(_told(record, Proposal, "err")) == 4
+    # the trials the checkpoint missed, over-budget ones (failed in the record) among them
+    missed = resumed.rebuild_replay(_told(record, Proposal, "err"))
+    assert missed == 4 + told_over(agent._log) - told_over(lagging["log"])
     assert complete(resumed) == complete(agent)
+    assert resumed._over == agent._over and (over is None) == (not agent._over)
     assert signature(resumed.ask(2)) == signature(agent.ask(2))
 
 
@@ -412,11 +433,54 @@ def test_the_first_trial_is_the_uniform_plan_at_the_budget(
     assert off.plan.key() != uniform.plan.key()
 
 
-@pytest.mark.parametrize("name", ["tpe", "nsga2"])
-def test_a_plan_told_over_budget_fails_its_trial(name: str, lenet_space: Any) -> None:
+@pytest.mark.parametrize("name", OPTUNA)
+def test_a_plan_told_over_budget_completes_an_infeasible_trial(
+    name: str, lenet_space: Any
+) -> None:
     agent = make(name, lenet_space)
     proposals = agent.ask(2)
     over = {"reward": -1.0, "over_budget": 1.0, "accuracy": 0.9, "latency_ms": 2.0}
-    agent.tell(proposals, [over, {"reward": -0.2, "accuracy": 0.8, "latency_ms": 1.0}])
-    states = [trial.state.name for trial in agent.study.get_trials()]
-    assert states == ["FAIL", "COMPLETE"]
+    within = {"reward": -0.2, "accuracy": 0.8, "latency_ms": 1.0}
+    agent.tell(proposals, [over, within])
+    first, second = agent.study.get_trials()
+    assert [first.state.name, second.state.name] == ["COMPLETE", "COMPLETE"]
+    assert first.values == ([0.9, 2.0] if agent.multi_objective else [-1.0])  # as told
+    # TPE and NSGA-II rank it below every plan within the target; CMA-ES takes no constraints
+    # (it learns from the penalty value) and would warn about them
+    assert first.constraints == ({} if name == "cmaes" else {"budget": 1.0})
+    assert second.constraints == {}
+    # not on the front, though for nsga2 it is the most accurate plan
+    assert [entry["trial"] for entry in agent.pareto_front()] == [second.number]
+
+    resumed = make(name, lenet_space)  # the log keeps the flag: the same study again
+    resumed.load_state_dict(json.loads(json.dumps(agent.state_dict())))
+    assert [t.constraints for t in resumed.study.get_trials()] == [
+        first.constraints,
+        second.constraints,
+    ]
+    assert signature(resumed.ask(2)) == signature(agent.ask(2))
+
+
+def test_tpe_learns_to_avoid_plans_over_the_target(
+    lenet_space: Any, scorer: HiddenSensitivity
+) -> None:
+    """The most sensitive unit, kept above 60%, is measured over the target: the optimum
+    lies there. Told over budget, TPE leaves the region; told failures, it learns nothing
+    about it (a failed trial is invisible to the sampler) and keeps proposing it."""
+    unit = max(scorer.sensitivities, key=scorer.sensitivities.__getitem__)
+
+    def over_in_last_half(feedback: str) -> int:
+        agent = make("tpe", lenet_space, seed=3, n_startup_trials=5)
+        overs = []
+        for _ in range(40):
+            [proposal] = agent.ask(1)
+            result = dict(scorer(proposal.plan))
+            over = scorer.keep(proposal.plan)[unit] > 0.6
+            if over and feedback == "penalty":
+                result.update(reward=0.0, over_budget=1.0)
+            agent.tell([proposal], [None if over and feedback == "failure" else result])
+            overs.append(over)
+        return sum(overs[20:])
+
+    told, failed = over_in_last_half("penalty"), over_in_last_half("failure")
+    assert told < failed / 2, (told, failed)
