@@ -80,9 +80,9 @@ PARETO_DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "m
 MAX_REPLAY_GAP = 100
 # Samples whose plan already has a result, told that result and drawn again, per proposal.
 MAX_REPEATS = 20
-# Every sampler's first trial: the uniform plan at the budget (see the module docstring).
 # What a trial is told: its values, and whether its plan was measured over the target.
 Told = tuple[list[float], bool]
+# Every sampler's first trial: the uniform plan at the budget (see the module docstring).
 START_UNIFORM = Setting(
     True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
 )
@@ -282,23 +282,17 @@ class OptunaAgent(Agent):
         if over:
             self._over.add(number)
             if self.takes_constraints:
-                self._trial(number).set_constraint("budget", 1.0)
+                if not isinstance(trial, optuna.trial.Trial):  # an added trial: its number
+                    frozen = self.study.get_trials(deepcopy=False)[number]
+                    trial = optuna.trial.Trial(self.study, frozen._trial_id)
+                trial.set_constraint("budget", 1.0)
         self.study.tell(trial, values)
-
-    def _trial(self, number: int) -> optuna.trial.Trial:
-        """Trial ``number`` of the study, to write to (an added trial has no Trial object)."""
-        handle = self._running.get(number)
-        if isinstance(handle, optuna.trial.Trial):
-            return handle
-        frozen = self.study.get_trials(deepcopy=False)[number]
-        return optuna.trial.Trial(self.study, frozen._trial_id)
 
     def _told(self, result: Result) -> Told | None:
         """The values and the over-budget flag a result tells; None fails the trial."""
         values = self._values(result)
-        if values is None:
+        if values is None or result is None:
             return None
-        assert result is not None
         return values, bool(result.get("over_budget"))
 
     def _values(self, result: Result) -> list[float] | None:

@@ -328,6 +328,18 @@ def test_a_proposal_of_another_agent_is_added_from_its_decisions(
     assert agent.rebuild_replay([(foreign, result)]) == 0
 
 
+def test_an_added_trial_over_the_target_carries_the_constraint(
+    lenet_space: Any, scorer: HiddenSensitivity
+) -> None:
+    [foreign] = make("random", lenet_space).ask(1)  # added as data: no Trial object of its own
+    over = {**scorer(foreign.plan), "reward": -1.0, "over_budget": 1.0}
+    agent = make("tpe", lenet_space)
+    assert agent.rebuild_replay([(foreign, over)]) == 1
+    [trial] = agent.study.get_trials()
+    assert trial.state.name == "COMPLETE" and trial.constraints == {"budget": 1.0}
+    assert agent.pareto_front() == []
+
+
 class SyntheticEvaluator:
     """An Evaluator that scores each plan at once with a HiddenSensitivity; every ``over``-th
     plan (if given) is measured over its target."""
