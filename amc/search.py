@@ -10,9 +10,12 @@ study ends with exactly the requested number of completed episodes.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from types import FrameType
 from typing import Any, Protocol
 
 from rich.progress import (
@@ -157,9 +160,11 @@ def run_search(
     bar = _progress(progress)
     task = bar.add_task("search", total=episodes, completed=completed, best="-", rate="-")
     best = -math.inf
+    ctrl_c = _CtrlC()
     try:
-        with bar:
+        with bar, ctrl_c:
             while completed < episodes or in_flight:
+                ctrl_c.check()
                 out_of_time = max_time is not None and time.monotonic() - started > max_time
                 wanted = episodes - completed - len(in_flight)
                 free = evaluator.capacity - len(in_flight)
@@ -176,7 +181,9 @@ def run_search(
                     break
                 # Checkpoint while the workers are busy, not between a result and the next plan.
                 checkpoint.maybe_save()
-                for number, result in evaluator.poll(timeout=1.0):
+                results = evaluator.poll(timeout=1.0)
+                ctrl_c.check()  # a Ctrl-C during the evaluation fails what is in flight
+                for number, result in results:
                     proposal = in_flight.pop(number)
                     ok = result.status == "ok"
                     values = objective_values(result, objectives, reward) if ok else None
@@ -234,6 +241,42 @@ def run_search(
         elapsed_s=time.monotonic() - started,
         rewards=rewards,
     )
+
+
+class _CtrlC:
+    """Remembers a Ctrl-C while the search runs, so that it is never lost.
+
+    Python's own handler raises :class:`KeyboardInterrupt` wherever the main thread is, and
+    there it can be swallowed: in a finalizer ("Exception ignored in ..."), or turned into an
+    ordinary error by C++ code it passed through (then a trial failed with ``exception`` and the
+    search went on). This handler raises it the same way and also sets a flag that
+    :meth:`check` turns into a :class:`KeyboardInterrupt` at the loop's next step. Installed only
+    over Python's default handler in the main thread: a SIGINT ignored on purpose (``nohup``) or
+    handled by the host (a notebook) is left as it is.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 class _Checkpointer:

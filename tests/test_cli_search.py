@@ -140,7 +140,7 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(
     wait_until(mid_search(storage, "stopped"), process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, err
     message = " ".join(err.split())
     assert (
         "stopped; in-flight trials were recorded as failed and the agent checkpointed. "

@@ -22,7 +22,7 @@ from amc import experiment
 from amc import search as search_module
 from amc.checkpoint import save_weights
 from amc.config import ExperimentConfig, load_config
-from amc.evaluate import EvalResult, LocalEvaluator
+from amc.evaluate import EvalResult, LocalEvaluator, failed_result
 from amc.experiment import Experiment
 from amc.study import SearchRecord, delete_study, list_studies
 from tests.amc.test_study import POSTGRES, POSTGRES_SKIP, postgres_schema  # noqa: F401
@@ -234,6 +234,38 @@ def test_interrupt_and_resume_on_each_storage(prepared: Experiment, storage_url:
     )
     after = resumed.load_agent_state()
     assert after is not None and after["episode"] == 5 and after["n_updates"] > before["n_updates"]
+
+
+class SwallowingEvaluator(LocalEvaluator):
+    """A local evaluator whose n-th evaluation gets a Ctrl-C that the code under it swallows
+    (as a finalizer or a C++ frame can), so the plan comes back as an ordinary failure."""
+
+    def __init__(self, *args: Any, interrupt_at: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.polls = 0
+        self.interrupt_at = interrupt_at
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, EvalResult]]:
+        self.polls += 1
+        if self.polls != self.interrupt_at or not self._queue:
+            return super().poll(timeout)
+        tag, _ = self._queue.popleft()
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt as error:
+            return [(tag, failed_result(RuntimeError(f"swallowed {error!r}")))]
+        raise AssertionError("SIGINT raised nothing")
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_search(prepared: Experiment, tmp_path: Path) -> None:
+    run = variant(prepared, f"sqlite:///{tmp_path}/amc.db", "swallowed", "random")
+    evaluator = SwallowingEvaluator(prepared.spec, workload=prepared.workload, interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.search(run, progress=False, evaluator=evaluator)
+    record = SearchRecord.open(run.config.storage, "swallowed")
+    states = [(t.state, t.reason) for t in record.trials()]
+    assert states == [("COMPLETE", None), ("FAIL", "interrupted")]  # not "exception", no more
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def test_two_searches_write_one_storage_at_once(prepared: Experiment, storage_url: str) -> None:
