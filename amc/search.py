@@ -251,8 +251,8 @@ class _CtrlC:
     ordinary error by C++ code it passed through (then a trial failed with ``exception`` and the
     search went on). This handler raises it the same way and also sets a flag that
     :meth:`check` turns into a :class:`KeyboardInterrupt` at the loop's next step. Installed only
-    over Python's default handler in the main thread: a SIGINT ignored on purpose (``nohup``) or
-    handled by the host (a notebook) is left as it is.
+    over Python's default handler in the main thread: a SIGINT ignored on purpose (a script's
+    background job) or handled by the host (a notebook) is left as it is.
     """
 
     def __init__(self) -> None:
