@@ -268,6 +268,25 @@ def test_a_swallowed_ctrl_c_still_stops_the_search(prepared: Experiment, tmp_pat
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+def test_the_search_s_ctrl_c_handler_leaves_an_ignored_sigint_ignored() -> None:
+    with search_module._CtrlC() as ctrl_c:  # over Python's default: installed, remembers
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert ctrl_c.requested
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a script's background job
+    try:
+        with search_module._CtrlC() as ctrl_c:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+        assert not ctrl_c.requested
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_two_searches_write_one_storage_at_once(prepared: Experiment, storage_url: str) -> None:
     errors: list[BaseException] = []
 
