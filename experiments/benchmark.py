@@ -171,11 +171,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--cifar10", default=None, help="local CIFAR-10 binary folder (enables resnet56)")
     add("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; quick 1)")
-    add("--evals", type=int, default=None, help="plans each strategy evaluates (default 30)")
+    add("--evals", type=int, default=None, help="plans each strategy evaluates (default 16)")
     add(
         "--distinct-evals",
-        action="store_true",
-        help="--evals counts distinct evaluated plans (asks until that many, at most 4x)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--evals counts distinct evaluated plans (asks until that many, at most 4x; "
+        "default on, off with --quick)",
     )
     add("--finetune-steps", type=int, default=None, help="fine-tune steps per evaluation")
     add("--final-steps", type=int, default=None, help="final fine-tune steps of each best plan")
@@ -183,8 +185,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add(
         "--bn-batches",
         type=int,
-        default=0,
-        help="adaptive-BN recalibration batches before each evaluation (0: off)",
+        default=None,
+        help="adaptive-BN recalibration batches before each evaluation (0: off; default 8)",
     )
     add("--batch-size", type=int, default=None, help="fine-tune and evaluation batch size")
     add("--val", type=int, default=None, help="validation samples the search scores plans on")
@@ -226,10 +228,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         else "resnet20-fmnist,mobilenetv2-fmnist,resnet56-cifar10",
         "seeds": 1 if quick else 3,
         "batch_size": 16 if quick else 64,
-        "evals": 3 if quick else 30,
+        "distinct_evals": not quick,
+        "bn_batches": 0 if quick else 8,
+        "evals": 3 if quick else 16,
         "finetune_steps": 2 if quick else 20,
-        "final_steps": 2 if quick else 300,
-        "val": 64 if quick else 2000,
+        "final_steps": 2 if quick else 200,
+        "val": 64 if quick else 1000,
         "test": 128 if quick else 5000,
         "baseline_epochs": 1 if quick else 2,
         "report_batches": "1,2" if quick else "1,32",
