@@ -181,6 +181,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--finetune-steps", type=int, default=None, help="fine-tune steps per evaluation")
     add("--final-steps", type=int, default=None, help="final fine-tune steps of each best plan")
+    add(
+        "--final-seeds",
+        type=int,
+        default=1,
+        help="final fine-tunes per chosen model, each from the pruned weights with its own data "
+        "order; its final accuracy is their mean (separates the plan from the fine-tune's luck)",
+    )
     add("--lr", type=float, default=0.01, help="fine-tune learning rate (both stages)")
     add(
         "--bn-batches",
@@ -242,6 +249,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.final_seeds < 1:
+        parser.error(f"--final-seeds must be at least 1, got {args.final_seeds}")
     args.case_names = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = [name for name in args.case_names if name not in CASES]
     if unknown:
@@ -681,17 +690,21 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
     # the same final fine-tune and the same held-out test samples for every strategy
     for strategy, model in models.items():
         start = time.perf_counter()
-        finetune(
-            model, task.data, args.final_steps, lr=args.lr, batch_size=args.batch_size,
-            seed=seed,
-        )  # fmt: skip
-        metrics = evaluate(model, task.test, batch_size=256)
+        accuracies = []
+        for replicate in reversed(range(args.final_seeds)):  # replicate 0 tunes `model` itself
+            tuned = model if replicate == 0 else copy.deepcopy(model)
+            finetune(
+                tuned, task.data, args.final_steps, lr=args.lr, batch_size=args.batch_size,
+                seed=seed + 1000 * replicate,
+            )  # fmt: skip
+            accuracies.insert(0, evaluate(tuned, task.test, batch_size=256).accuracy)
         row = outcome["strategies"][strategy]
-        row["final_accuracy"] = metrics.accuracy
+        row["final_accuracy"] = statistics.fmean(accuracies)
+        row["final_accuracies"] = accuracies
         row["flops_ratio"] = count_flops(model, task.example) / task.dense["flops"]  # type: ignore[operator]
         row["params_ratio"] = count_params(model) / task.dense["params"]
         row["final_s"] = time.perf_counter() - start
-        log(f"[{name} {key} seed {seed}] {strategy}: final accuracy {metrics.accuracy:.4f}")
+        log(f"[{name} {key} seed {seed}] {strategy}: final accuracy {row['final_accuracy']:.4f}")
     timed = interleaved_latency({"dense": task.model, **models}, task.example, args)
     outcome["latency"] = {b: timed[b]["ms"] for b in timed}
     outcome["latency_ratio"] = {b: timed[b]["ratio"] for b in timed}
@@ -1100,7 +1113,13 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         ),
         f"- Final: **{args.final_steps} fine-tune steps** from the pruned (not the searched) "
         "weights, same lr, batch and seed for every strategy; test accuracy on held-out samples "
-        "the search never saw.",
+        "the search never saw"
+        + (
+            f"; each chosen model is fine-tuned {args.final_seeds} times (data orders seed, "
+            "seed + 1000, ...) and its final accuracy is their mean."
+            if args.final_seeds > 1
+            else "."
+        ),
         f"- Latency: dense and every final model timed in one interleaved run, {args.rounds} "
         f"round(s) x batch sizes {args.batches}, median of the per-round medians; the ratios to "
         "dense are the medians of the per-round ratios (each round's model over that round's "
@@ -1248,15 +1267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     settings = {
         key: getattr(args, key)
-        for key in ("evals", "finetune_steps", "final_steps", "val", "test", "lr", "batch_size",
-                    "lower_bound", "rounds", "batches", "baseline_epochs", "threads",
-                    "bn_batches")
+        for key in ("evals", "finetune_steps", "final_steps", "final_seeds", "val", "test", "lr",
+                    "batch_size", "lower_bound", "rounds", "batches", "baseline_epochs",
+                    "threads", "bn_batches")
     }  # fmt: skip
     state["settings"] = settings
     state["commands"] = [state["command"]]
     if args.resume and raw_path.is_file():
         previous = json.loads(raw_path.read_text())
-        old = previous.get("settings", settings)
+        old = {"final_seeds": 1, **previous.get("settings", settings)}  # older raw files
         if old != settings:
             raise SystemExit(f"error: --resume with other settings: {old} vs {settings}")
         state["cases"] = previous["cases"]

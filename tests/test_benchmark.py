@@ -35,7 +35,7 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
     start = time.process_time()
     args = ["--quick", "--cases", "resnet20-synthetic,resnet56-cifar10", "--targets",
             "latency=0.8@1", "--out", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"),
-            "--tag", "quick"]  # fmt: skip
+            "--tag", "quick", "--final-seeds", "2"]  # fmt: skip
     assert benchmark.main(args) == 0
     elapsed = time.process_time() - start  # CPU seconds: wall time depends on the machine's load
 
@@ -57,6 +57,10 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
     raw = json.loads((tmp_path / "runs" / "benchmark" / "quick.json").read_text())
     [run] = raw["cases"]["resnet20-synthetic"]["targets"]["latency=0.8@1"]["runs"]
     assert set(run["strategies"]) == set(benchmark.STRATEGIES), run["errors"]
+    for row in run["strategies"].values():  # two final fine-tunes each, their mean reported
+        assert len(row["final_accuracies"]) == 2
+        assert row["final_accuracy"] == pytest.approx(sum(row["final_accuracies"]) / 2)
+    assert "fine-tuned 2 times" in report
     for name in benchmark.SEARCHED:
         row = run["strategies"][name]
         assert row["evals"] == 3 and len(row["trace"]) == 3  # the same budget for everyone
