@@ -218,6 +218,7 @@ def measure_interleaved(
     warmup: int = 5,
     min_run_time: float = 0.5,
     rounds: int = 10,
+    warm: bool = True,
 ) -> list[LatencyStats]:
     """Measure several models in alternation (A B B A A B ...), so machine drift hits all alike.
 
@@ -228,12 +229,23 @@ def measure_interleaved(
     whole call takes about ``min_run_time`` seconds (plus warm-up), shared out evenly: each
     block lasts about ``min_run_time / (rounds * len(models))``.
 
+    A block that follows another model's block starts with one untimed pass of its own model:
+    the first pass after a switch refills the caches the other model evicted, and where a
+    block is only one or two passes long (a CNN at batch 32 on a CPU) that refill would be
+    timed as the model's latency, more of a short block than of a long one. On this project's
+    2-core VM (resnet20, 1x28x28, batch 32, a plan at 0.3 of dense, 0.5 s and 20 blocks per
+    model: one dense pass a block) the ratio read 3.7% and 8.8% above that of 4x longer warm
+    blocks in two quiet runs without it, -0.2% and 4.2% with it, for 1.5 s a measurement
+    instead of 1.05 s; at batch 1 (blocks of many passes) 2.3% against 1.8%, at the same cost
+    (``experiments/bench_measure_blocks.py``).
+
     Args:
         models: the networks (eval mode under :func:`torch.inference_mode`, as in
             :func:`measure_latency`; models not on ``device`` are copied there).
         example_inputs, device, batch_size, threads, warmup: as in :func:`measure_latency`.
         min_run_time: seconds of timed blocks, all models together.
         rounds: blocks per model (the statistics' sample size).
+        warm: start a block that follows another model's with one untimed pass (see above).
 
     Returns:
         One :class:`LatencyStats` per model, in the order given.
@@ -270,10 +282,14 @@ def measure_interleaved(
             specs.append(once.task_spec)
         raw: list[list[float]] = [[] for _ in models]
         order = list(range(len(models)))
+        previous = len(models) - 1  # the last model warmed up above
         with torch_threads(num_threads):
             for index in range(rounds):
                 for which in order if index % 2 == 0 else reversed(order):
+                    if warm and which != previous:  # start the block warm (see above)
+                        runnables[which](*args)
                     raw[which].append(_time_block(runnables[which], args, numbers[which], target))
+                    previous = which
     stats = []
     for spec, number, times in zip(specs, numbers, raw, strict=True):
         measurement = benchmark.Measurement(number_per_run=number, raw_times=times, task_spec=spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from typing import Any
 
 import pytest
 import torch
@@ -361,20 +362,45 @@ def test_compare_rows_are_json_and_ratios_right() -> None:
 def test_interleaved_alternates_models_and_keeps_their_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A B B A A B ...: each round reverses the order; stats come back in the given order."""
+    """A B B A A B ...: each round reverses the order; stats come back in the given order; a
+    block after another model's starts with one untimed pass of its own model (warm)."""
     small, large = nn.Linear(8, 4), nn.Sequential(*[nn.Linear(8, 8) for _ in range(40)])
     order: list[int] = []
+    calls: list[str] = []  # every pass after the warm-up, timed (in a block) or not
     time_block = measure._time_block
 
     def spy(model, args, number, target):  # type: ignore[no-untyped-def]
         order.append(0 if model is small else 1)
+        calls.append(f"block {order[-1]}")
         return time_block(model, args, number, target)
 
     monkeypatch.setattr(measure, "_time_block", spy)
+    measured = False  # set when the rounds start, after every model's warm-up
+
+    def untimed(index: int) -> Any:
+        def hook(*_: Any) -> None:  # a pass outside this model's block is a warm pass
+            if measured and calls[-1:] != [f"block {index}"]:
+                calls.append(f"warm {index}")
+
+        return hook
+
+    small.register_forward_hook(untimed(0))
+    large[0].register_forward_hook(untimed(1))
+    original = measure.torch_threads
+
+    def threads(n):  # type: ignore[no-untyped-def]
+        nonlocal measured
+        measured = True  # the rounds run inside torch_threads
+        return original(n)
+
+    monkeypatch.setattr(measure, "torch_threads", threads)
     fast, slow = measure_interleaved(
         [small, large], torch.randn(1, 8), warmup=1, min_run_time=0.02, rounds=4, threads=1
     )
     assert order == [0, 1, 1, 0, 0, 1, 1, 0]
+    # warm passes exactly where a block follows another model's (the large model warmed last)
+    assert calls == ["warm 0", "block 0", "warm 1", "block 1", "block 1", "warm 0", "block 0",
+                     "block 0", "warm 1", "block 1", "block 1", "warm 0", "block 0"]  # fmt: skip
     assert fast.runs == slow.runs == 4 and fast.threads == slow.threads == 1
     assert fast.median_ms < slow.median_ms
     assert small.training and large.training  # modes restored
