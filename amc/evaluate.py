@@ -323,6 +323,13 @@ class Workload:
             load_weights(model, spec.weights, trust_pickle=spec.trust_checkpoint)
         return cls(spec, model, data)
 
+    def with_finetune(self, steps: int) -> Workload:
+        """This workload with ``steps`` fine-tune steps per evaluation, sharing its model, data,
+        unit graph, held-out batches and dense metrics (re-scoring plans, :mod:`amc.choose`)."""
+        other = copy.copy(self)
+        other.spec = replace(self.spec, finetune_steps=steps)
+        return other
+
     @cached_property
     def graph(self) -> UnitGraph:
         """The dense model's units and cost model (:func:`amc.units.analyze`)."""

@@ -457,18 +457,9 @@ class SearchSpace:
         ``nm_choices`` make the target unreachable (then every unit is at ``lower_bound``).
         """
         nm_used = self._nm_used(nm_choices or {})
-        prunable = [u for u in self._units if u.channel_prunable]
-        base = np.array([self._bounded(u, keep.get(u.name, 1.0)) for u in prunable])
-        removed = 1.0 - base
 
         def shaped(scale: float, blend: float = 0.0) -> dict[str, float]:
-            ratios = (
-                base if scale == 1.0 else np.clip(1.0 - scale * removed, self.lower_bound, 1.0)
-            )
-            ratios = ratios - blend * (ratios - self.lower_bound)
-            result = {u.name: 1.0 for u in self._units}
-            result.update({u.name: float(r) for u, r in zip(prunable, ratios, strict=True)})
-            return result
+            return self.scaled(keep, scale, blend)
 
         def fits(candidate: dict[str, float]) -> bool:
             return self._fraction(self.channels(candidate), nm_used) <= self.target.fraction
@@ -478,16 +469,48 @@ class SearchSpace:
             if not fill:
                 return proposal
             return shaped(_least_fitting(lambda scale: fits(shaped(scale)), 0.0, 1.0))
-        positive = removed[removed > 0]
-        top = max(1.0, (1.0 - self.lower_bound) / positive.min()) if positive.size else 1.0
+        top = self.max_scale(keep)
         if fits(shaped(top)):
             return shaped(_least_fitting(lambda scale: fits(shaped(scale)), 1.0, top))
         return shaped(top, _bisect(lambda blend: fits(shaped(top, blend)), 0.0, 1.0))
+
+    def scaled(
+        self, keep: Mapping[str, float], scale: float, blend: float = 0.0
+    ) -> dict[str, float]:
+        """The keep map with every unit's removed fraction scaled by ``scale``.
+
+        ``keep_i(s) = clamp(1 - s * (1 - keep_i), lower_bound, 1)``: ``s = 1`` is ``keep``
+        itself (bounded), ``s = 0`` the dense model, larger ``s`` prune more in the same shape.
+        ``blend`` then moves every ratio that fraction of the way to ``lower_bound``. Units not
+        named in ``keep`` are dense; units that cannot be channel-pruned stay at 1.
+        """
+        result = {}
+        for unit in self._units:
+            ratio = self._bounded(unit, keep.get(unit.name, 1.0))
+            if unit.channel_prunable:
+                if scale != 1.0:
+                    ratio = min(1.0, max(self.lower_bound, 1.0 - scale * (1.0 - ratio)))
+                ratio -= blend * (ratio - self.lower_bound)
+            result[unit.name] = float(ratio)
+        return result
+
+    def max_scale(self, keep: Mapping[str, float]) -> float:
+        """The :meth:`scaled` factor (at least 1) past which no unit of ``keep`` prunes more:
+        every unit ``keep`` prunes is then at ``lower_bound``."""
+        removed = [
+            1.0 - self._bounded(u, keep.get(u.name, 1.0))
+            for u in self._units
+            if u.channel_prunable
+        ]
+        positive = [r for r in removed if r > 0]
+        return max(1.0, (1.0 - self.lower_bound) / min(positive)) if positive else 1.0
 
     def make_plan(
         self,
         keep: Mapping[str, float],
         nm_choices: Mapping[str, bool] | None = None,
+        *,
+        fit: bool = True,
         **provenance: Any,
     ) -> PruningPlan:
         """The plan for a keep map (and N:M choices), checked against the budget after rounding.
@@ -500,19 +523,21 @@ class SearchSpace:
         Args:
             keep: unit name -> keep ratio.
             nm_choices: unit name -> use the space's N:M pattern.
+            fit: hold the plan to the budget as estimated (False: take ``keep`` as it is, for
+                a plan sized by measurement, see :func:`amc.choose.aim`).
             **provenance: recorded in the plan's provenance (agent, episode, ...).
         """
         nm_used = self._fitting_nm(self.channels(keep), self._nm_used(nm_choices or {}))
-        if not self.fits(keep, dict.fromkeys(nm_used, True)):
+        if fit and not self.fits(keep, dict.fromkeys(nm_used, True)):
             keep = self.repair(keep, dict.fromkeys(nm_used, True), fill=False)
             nm_used = self._fitting_nm(self.channels(keep), nm_used)
-        if not self.fits(keep, dict.fromkeys(nm_used, True)):
+        if fit and not self.fits(keep, dict.fromkeys(nm_used, True)):
             # the N:M choices make the target unreachable: use N:M exactly where it saves time
             nm_used = self._cheapest_nm(set(self.names))
             keep = self.repair(keep, dict.fromkeys(nm_used, True), fill=False)
             nm_used = self._fitting_nm(self.channels(keep), nm_used)
         choices = dict.fromkeys(nm_used, True)
-        if not self.fits(keep, choices):  # an invariant: repair always returns a fitting map
+        if fit and not self.fits(keep, choices):  # an invariant: repair returns a fitting map
             raise InfeasibleBudgetError(
                 f"Could not fit a plan into target {self.target}; the smallest reachable "
                 f"fraction is {self.smallest_fraction():.4f}."

@@ -1,0 +1,163 @@
+"""Choosing the delivered plan: re-scoring with a longer fine-tune, aiming by measurement."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from amc.choose import aim, best_rescored, latency_meter, rescore
+from amc.evaluate import TaskSpec, Workload
+from amc.latency_table import LatencyTable
+from amc.measure import count_flops
+from amc.plan import PruningPlan
+from amc.prune import apply_plan
+from amc.space import SearchSpace
+from amc.units import analyze
+from tests.tiny_models import ResidualNet
+
+X = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return ResidualNet().eval()
+
+
+def flops_space(model: torch.nn.Module, fraction: float) -> SearchSpace:
+    return SearchSpace.build(model, X, f"flops={fraction}", graph=analyze(model, X))
+
+
+def measured_flops(model: torch.nn.Module, factor: float = 1.0):  # type: ignore[no-untyped-def]
+    """A measurement: the applied plan's counted FLOPs over the dense model's, times
+    ``factor`` (a device that runs plans faster, < 1, or slower, > 1, than estimated)."""
+    dense = count_flops(model, X)
+
+    def measure(plan: PruningPlan) -> float:
+        return factor * count_flops(apply_plan(model, plan, X), X) / dense
+
+    return measure
+
+
+def shaped_plan(space: SearchSpace) -> PruningPlan:
+    """A non-uniform plan (units pruned unequally) that spends the budget as estimated."""
+    keep = {
+        unit.name: 0.3 + 0.5 * index / len(space.units) for index, unit in enumerate(space.units)
+    }
+    return space.make_plan(space.repair(keep), agent="test")
+
+
+def test_scaled_spans_dense_to_the_plan_to_the_lower_bound(model: torch.nn.Module) -> None:
+    space = flops_space(model, 0.5)
+    keep = {unit.name: 0.6 for unit in space.units}
+    assert space.scaled(keep, 1.0) == pytest.approx(keep)
+    assert set(space.scaled(keep, 0.0).values()) == {1.0}
+    top = space.max_scale(keep)
+    assert top == pytest.approx((1 - space.lower_bound) / 0.4)
+    assert list(space.scaled(keep, top).values()) == pytest.approx([space.lower_bound] * len(keep))
+    assert list(space.scaled(keep, 0.5).values()) == pytest.approx([0.8] * len(keep))
+
+
+def test_make_plan_without_fit_keeps_an_over_budget_map(model: torch.nn.Module) -> None:
+    space = flops_space(model, 0.5)
+    keep = {unit.name: 0.95 for unit in space.units}
+    assert not space.fits(keep)
+    held = space.make_plan(keep)
+    loose = space.make_plan(keep, fit=False)
+    held_keep = {name: unit.keep_ratio for name, unit in held.units.items()}
+    assert space.fits(held_keep)
+    assert {n: u.keep_ratio for n, u in loose.units.items() if n in keep} == pytest.approx(keep)
+
+
+@pytest.mark.parametrize("factor", [0.7, 1.3])
+def test_aim_sizes_the_plan_to_the_measured_target_keeping_its_shape(
+    model: torch.nn.Module, factor: float
+) -> None:
+    space = flops_space(model, 0.5)
+    plan = shaped_plan(space)
+    measure = measured_flops(model, factor)
+    aimed = aim(space, plan, measure, steps=12)
+    assert aimed.fits and aimed.ratio <= 0.5
+    assert aimed.ratio == pytest.approx(measure(aimed.plan))
+    assert aimed.plan.provenance["agent"] == "test"
+    assert aimed.plan.provenance["aim"]["scale"] == pytest.approx(aimed.scale, abs=1e-4)
+    before, after = (
+        {name: unit.channels for name, unit in p.units.items()} for p in (plan, aimed.plan)
+    )
+    if factor < 1:  # the device is faster than estimated: the plan grows into the budget
+        assert aimed.scale < 1 and all(after[n] >= before[n] for n in before)
+        assert sum(after.values()) > sum(before.values())
+    else:  # slower: the plan shrinks until it measures within the target
+        assert aimed.scale > 1 and all(after[n] <= before[n] for n in before)
+        assert measure(plan) > 0.5
+    # the shape is kept: a unit pruned harder than another before stays so
+    keeps = [(plan.units[n].keep_ratio, aimed.plan.units[n].keep_ratio) for n in before]
+    for (a0, a1), (b0, b1) in zip(keeps, keeps[1:], strict=False):
+        if a0 < b0:
+            assert a1 <= b1 + 1e-9
+    # the smallest factor measured within the target won: no factor tried below it fitted
+    assert all(ratio > 0.5 for scale, ratio in aimed.tried if scale < aimed.scale)
+
+
+def test_aim_says_when_even_the_lower_bound_measures_over(model: torch.nn.Module) -> None:
+    space = flops_space(model, 0.5)
+    aimed = aim(space, shaped_plan(space), measured_flops(model, 50.0))
+    assert not aimed.fits and aimed.ratio > 0.5
+    assert aimed.scale == pytest.approx(space.max_scale(
+        {name: unit.keep_ratio for name, unit in shaped_plan(space).units.items()}
+    ))  # fmt: skip
+    assert len(aimed.tried) == 2
+
+
+def test_aim_refuses_negative_steps(model: torch.nn.Module) -> None:
+    space = flops_space(model, 0.5)
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        aim(space, shaped_plan(space), measured_flops(model), steps=-1)
+
+
+SPEC = TaskSpec(
+    model="tests.tiny_models:LeNet", data="digits", input_shape=(1, 16, 16), data_limit=256,
+    batch_size=32, eval_batches=2, finetune_steps=1, latency_warmup=1,
+    latency_min_run_time=0.01, latency_repeats=3, threads=1,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workload() -> Workload:
+    return Workload.from_spec(SPEC).prepare()
+
+
+def test_rescore_fine_tunes_longer_and_the_best_rescored_plan_wins(workload: Workload) -> None:
+    space = SearchSpace.build(
+        workload.model, workload.example_inputs, "flops=0.6", graph=workload.graph
+    )
+    plans = [space.make_plan(space.repair({u.name: k for u in space.units})) for k in (0.3, 0.9)]
+    results = rescore(workload, plans, steps=6)
+    assert [r.finetune_steps for r in results] == [6, 6]
+    assert workload.spec.finetune_steps == 1  # the search's workload is unchanged
+    again = rescore(workload, plans[:1], steps=6)[0]
+    assert again.accuracy == results[0].accuracy  # the same data order: reproducible
+    best = 0 if results[0].accuracy >= results[1].accuracy else 1  # type: ignore[operator]
+    assert best_rescored(plans, results) is plans[best]
+    failed = replace(results[best], status="failed", accuracy=None, error="boom")
+    swapped = [failed if i == best else r for i, r in enumerate(results)]
+    assert best_rescored(plans, swapped) is plans[1 - best]
+    tie = [results[0], results[0]]
+    assert best_rescored(plans, tie) is plans[0]
+    with pytest.raises(ValueError, match="as many results as plans"):
+        best_rescored(plans, results[:1])
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        rescore(workload, plans, steps=-2)
+
+
+def test_latency_meter_times_the_plan_against_the_dense_model(workload: Workload) -> None:
+    space = SearchSpace.build(
+        workload.model, workload.example_inputs, "latency=0.9", graph=workload.graph,
+        latency_table=LatencyTable.synthetic(workload.graph),
+    )  # fmt: skip
+    small = space.make_plan({u.name: space.lower_bound for u in space.units})
+    ratio = latency_meter(workload, min_run_time=0.02, rounds=2)(small)
+    assert math.isfinite(ratio) and 0 < ratio < 5
