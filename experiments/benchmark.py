@@ -86,6 +86,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
 from agents import get_agent  # noqa: E402
+from amc.choose import aim, best_rescored, latency_meter, rescore  # noqa: E402
 from amc.errors import InfeasibleBudgetError  # noqa: E402
 from amc.evaluate import EvalResult, TaskSpec, Workload  # noqa: E402
 from amc.latency_table import LatencyTable  # noqa: E402
@@ -226,6 +227,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=5,
         help="latency targets: the most accurate plans in budget re-timed (longer) first",
     )
+    add(
+        "--rescore",
+        type=int,
+        default=None,
+        help="the proxy's K most accurate plans in budget are fine-tuned again, longer "
+        "(--rescore-steps), and the best of that pick is chosen (0 or 1: off; default 4)",
+    )
+    add("--rescore-steps", type=int, default=None, help="fine-tune steps of a re-score (100)")
+    add(
+        "--aim",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="latency targets: size the chosen plan by measurement (its removed fractions "
+        "scaled by one factor, bisected on measured latency; amc.choose.aim) instead of "
+        "re-timing the --confirm best",
+    )
+    add("--aim-steps", type=int, default=None, help="bisection steps of --aim (default 8)")
     add("--time-budget", type=float, default=None, help="minutes; no new job starts after")
     add("--out", default=str(ROOT / "experiments" / "results"), help="results folder")
     add("--runs", default=str(ROOT / "runs"), help="cache folder (baselines, raw JSON)")
@@ -253,6 +271,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "baseline_epochs": 1 if quick else 2,
         "report_batches": "1,2" if quick else "1,32",
         "rounds": 1 if quick else 5,
+        "rescore": 2 if quick else 4,
+        "rescore_steps": 3 if quick else 100,
+        "aim_steps": 2 if quick else 8,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -449,10 +470,29 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
                 in_budget.append(entry)
             if fallback is None or entry[0] > fallback[0]:
                 fallback = entry
-    best = max(in_budget, key=lambda entry: entry[0]) if in_budget else None
+    ranked = sorted(in_budget, key=lambda entry: -entry[0])  # most accurate first
+    rescored: list[float | None] = []
+    if args.rescore > 1 and len(ranked) > 1:
+        # the proxy's few best, scored again with a longer fine-tune (amc.choose.rescore)
+        top = ranked[: args.rescore]
+        results = rescore(workload, [entry[1] for entry in top], args.rescore_steps)
+        rescored = [result.accuracy for result in results]
+        first = best_rescored([entry[1] for entry in top], results)
+        ranked = sorted(top, key=lambda entry: entry[1] is not first) + ranked[len(top) :]
+    best = ranked[0] if ranked else None
     confirmed: list[float] = []
-    if calibrated and args.confirm and in_budget:
-        best, confirmed = confirm_best(in_budget, workload, space, args)
+    aimed: dict[str, Any] | None = None
+    if calibrated and args.aim and best is not None:
+        lat = args.lat_final
+        measure = latency_meter(
+            workload, min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"]
+        )
+        found = aim(space, best[1], measure, steps=args.aim_steps)
+        aimed = {"scale": found.scale, "ratio": found.ratio, "fits": found.fits,
+                 "tried": [list(pair) for pair in found.tried]}  # fmt: skip
+        best = (best[0], found.plan, best[2])
+    elif calibrated and args.confirm and ranked:
+        best, confirmed = confirm_best(ranked, workload, space, args)
     wall = time.perf_counter() - start
     chosen = best or fallback
     if chosen is None:
@@ -462,6 +502,8 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         "plan": chosen[1],
         "search_accuracy": chosen[0],
         "search_fraction": None,
+        "rescored": rescored,
+        "aimed": aimed,
         "confirmed": confirmed,
         "in_budget": best is not None,
         "trace": trace,
@@ -478,7 +520,8 @@ def confirm_best(
     candidates: list[tuple[float, PruningPlan, EvalResult]], workload: Workload,
     space: SearchSpace, args: argparse.Namespace,
 ) -> tuple[tuple[float, PruningPlan, EvalResult], list[float]]:  # fmt: skip
-    """The most accurate plan whose latency, timed again, is within the target.
+    """The first of ``candidates`` (most accurate first) whose latency, timed again, is within
+    the target (without ``--aim``).
 
     A search accepts a plan measured up to 5% over the target (one short measurement), and of
     many plans at the budget's edge the most accurate is likely one whose measurement read low:
@@ -488,7 +531,7 @@ def confirm_best(
     bisection accepts its candidates) is chosen, else the one timed fastest.
     Returns it and the confirmed ratios, in the order timed.
     """
-    ranked = sorted(candidates, key=lambda entry: -entry[0])[: args.confirm]
+    ranked = candidates[: args.confirm]
     lat = args.lat_final
     ratios = []
     for entry in ranked:
@@ -1113,13 +1156,27 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         "the target (search-time tolerance 5%); for nsga2 the best-accuracy plan of the search "
         "within the target."
         + (
-            f" For latency targets the {args.confirm} most accurate are timed again, longer "
-            "(interleaved with the dense model), most accurate first, and the first at or "
-            "under the target is chosen (else the fastest of them); the re-timing counts in "
-            "the search wall time."
-            if args.confirm
+            f" **Re-scored:** the {args.rescore} most accurate of them are evaluated again with "
+            f"{args.rescore_steps} fine-tune steps (`amc.choose.rescore`, otherwise as in the "
+            "search) and the best of that is chosen."
+            if args.rescore > 1
             else ""
-        ),
+        )
+        + (
+            " **Aimed** (latency targets): the chosen plan's removed fractions are scaled by one "
+            f"factor, bisected ({args.aim_steps} steps) on its latency measured against the "
+            "dense model (twice the final run's block length), and the largest plan measured at "
+            "or under the target is taken (`amc.choose.aim`, as TP's bisection sizes its plans)."
+            if args.aim
+            else (
+                f" For latency targets the {args.confirm} most accurate are timed again, longer "
+                "(interleaved with the dense model), most accurate first, and the first at or "
+                "under the target is chosen (else the fastest of them)."
+                if args.confirm
+                else ""
+            )
+        )
+        + " All of this counts in the search wall time.",
         f"- Final: **{args.final_steps} fine-tune steps** from the pruned (not the searched) "
         "weights, same lr, batch and seed for every strategy; test accuracy on held-out samples "
         "the search never saw"
@@ -1198,6 +1255,37 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
                     "- best plans re-timed before the choice (ratios to dense, most accurate "
                     "first, per seed; the last one of each seed was chosen if it is within the "
                     "target): " + ", ".join(retimed)
+                )
+            rescores = [
+                f"{s} "
+                + "; ".join(
+                    "/".join(f"{a:.1%}" if a is not None else "failed"
+                             for a in run["strategies"][s]["rescored"])
+                    for run in runs if run["strategies"].get(s, {}).get("rescored")
+                )
+                for s in SEARCHED
+                if any(run["strategies"].get(s, {}).get("rescored") for run in runs)
+            ]  # fmt: skip
+            if rescores:
+                lines.append(
+                    "- re-scored validation accuracy of the proxy's best plans (proxy order, per "
+                    "seed; the highest was chosen): " + ", ".join(rescores)
+                )
+            aims = [
+                f"{s} "
+                + "; ".join(
+                    f"x{run['strategies'][s]['aimed']['scale']:.2f} -> "
+                    f"{run['strategies'][s]['aimed']['ratio']:.3f}"
+                    + ("" if run["strategies"][s]["aimed"]["fits"] else " (over)")
+                    for run in runs if (run["strategies"].get(s) or {}).get("aimed")
+                )
+                for s in SEARCHED
+                if any((run["strategies"].get(s) or {}).get("aimed") for run in runs)
+            ]  # fmt: skip
+            if aims:
+                lines.append(
+                    "- aimed by measurement (removed-fraction factor -> measured ratio to dense, "
+                    "per seed; factor < 1 grew the plan): " + ", ".join(aims)
                 )
             peers = [
                 f"{LABELS[s]} pruning_ratio "

@@ -65,9 +65,13 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
         row = run["strategies"][name]
         assert row["evals"] == 3 and len(row["trace"]) == 3  # the same budget for everyone
         assert 0.0 <= row["final_accuracy"] <= 1.0
-        assert all(r > 0 for r in row["confirmed"])  # the best plans re-timed (latency target)
-    assert any(run["strategies"][name]["confirmed"] for name in benchmark.SEARCHED)
-    assert "best plans re-timed before the choice" in report
+        # latency target: the chosen plan sized by measurement (--aim, the default)
+        assert row["aimed"]["ratio"] > 0 and len(row["aimed"]["tried"]) >= 1
+        assert row["confirmed"] == []
+        assert all(0 <= a <= 1 for a in row["rescored"] if a is not None)
+    # the proxy's two best were re-scored wherever a search had two plans in budget
+    assert any(len(run["strategies"][name]["rescored"]) == 2 for name in benchmark.SEARCHED)
+    assert "aimed by measurement" in report and "**Re-scored:**" in report
     # uniform asks for one plan; on a latency target each measured plan recalibrates the
     # estimate (as `amc search` does), so it may re-aim; a repeated plan is evaluated once
     uniform = run["strategies"]["uniform"]
@@ -147,7 +151,9 @@ def test_the_evaluation_budget_counts_asks_or_distinct_plans(distinct: bool) -> 
 
     model = get_model("resnet20", in_channels=1, num_classes=10).eval()
     space = SearchSpace.build(model, torch.randn(1, 1, 16, 16), "flops=0.5")
-    flags = ["--quick", "--evals", "4"] + (["--distinct-evals"] if distinct else [])
+    flags = ["--quick", "--evals", "4", "--rescore", "0"] + (
+        ["--distinct-evals"] if distinct else []
+    )
     args = benchmark.parse_args(flags)
     for name, asks, evaluated in (("uniform", 16, 1), ("random", 4, 4)):
         workload = CountingWorkload()
