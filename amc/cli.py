@@ -392,13 +392,26 @@ def export(
     trial: Annotated[str, typer.Option("--trial", help="Trial number or 'best'.")] = "best",
     storage: Storage = None,
 ) -> None:
-    """Write the plan of a trial (default the best) as JSON for `amc apply`."""
+    """Write the plan of a trial (default the best) as JSON for `amc apply`.
+
+    With ``choose:`` in the experiment, 'best' is the plan the search delivered (the best
+    after re-scoring, sized by measurement), as in the run folder's best_plan.json.
+    """
+    from amc.plan import PruningPlan
     from amc.study import SearchRecord
 
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a folder; name the plan file, e.g. plan.json.")
     record = SearchRecord.open(storage, study)
     completed = record.completed()
+    delivered = record.attrs.get("chosen")
+    if trial == "best" and isinstance(delivered, dict) and delivered.get("plan"):
+        # the plan the search delivered: re-scored among the best and/or aimed (`choose:`)
+        plan = PruningPlan.from_json(delivered["plan"])
+        plan = plan.with_provenance(study=study, trial=delivered["trial"])
+        plan = plan.with_metrics(**delivered.get("metrics", {}))
+        console.print(f"wrote {plan.save(out)} (trial {delivered['trial']}, as delivered)")
+        return
     if trial == "best":
         chosen = record.best(1)
     elif trial.isdigit():

@@ -49,6 +49,24 @@ class FinetuneConfig(_Strict):
     )
 
 
+class ChooseConfig(_Strict):
+    """After the search: which plan is delivered (exported, applied, finally fine-tuned)."""
+
+    rescore: int = Field(
+        0,
+        ge=0,
+        description="re-evaluate the k best trials with rescore_steps of fine-tune and deliver "
+        "the most accurate of them (0 or 1 = the best trial as searched)",
+    )
+    rescore_steps: int = Field(100, ge=0, description="fine-tune steps of a re-evaluation")
+    aim: bool = Field(
+        False,
+        description="latency targets: size the delivered plan by measurement (its removed "
+        "fractions scaled by one factor, bisected on the measured latency ratio)",
+    )
+    aim_steps: int = Field(8, ge=0, description="bisection steps of aim")
+
+
 class LatencyConfig(_Strict):
     """How latency is timed: per evaluation, and for the per-unit latency table."""
 
@@ -115,6 +133,7 @@ class ExperimentConfig(_Strict):
     nm: str | None = None
     reward: Literal["err", "flops", "latency", "accuracy"] = "err"
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    choose: ChooseConfig = Field(default_factory=ChooseConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     episodes: int = Field(100, ge=1)
     max_time: float | None = Field(None, gt=0, description="wall-time budget in seconds")

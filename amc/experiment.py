@@ -22,6 +22,7 @@ from rich.console import Console
 from amc.artifacts import save_pruned
 from amc.config import ExperimentConfig
 from amc.evaluate import EvalResult, Evaluator, LocalEvaluator, TaskSpec, Workload, evaluate_all
+from amc.measure import count_flops, count_params
 from amc.plan import PruningPlan, parse_nm
 from amc.prune import apply_plan
 from amc.search import SearchOutcome, run_search, told_result
@@ -344,16 +345,16 @@ def finish(
     from amc.report import comparison_rows, write_report
 
     out = Path(experiment.config.runs_dir) / record.name
-    best = record.best(1)
+    best = [trial for trial in record.best(max(1, experiment.config.choose.rescore)) if trial.plan]
     finished = Finished(study=record.name, best=None)
-    if best and best[0].plan is not None:
-        trial = best[0]
-        plan = trial.plan.with_provenance(study=record.name, trial=trial.number)  # type: ignore[union-attr]
-        plan = plan.with_metrics(**_plain(trial.metrics))
-        finished.best = trial.to_json()
-        finished.plan_path = plan.save(out / "best_plan.json")
+    if best:
+        trial, plan, metrics = _choose(experiment, record, best, progress=progress)
         workload = experiment.workload
         pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
+        plan = plan.with_provenance(study=record.name, trial=trial.number)
+        plan = plan.with_metrics(**metrics)
+        finished.best = trial.to_json()
+        finished.plan_path = plan.save(out / "best_plan.json")
         if experiment.config.finetune.final_steps:
             _final_finetune(experiment, record, pruned, trial.number, progress=progress)
         finished.pruned_dir = save_pruned(
@@ -368,6 +369,66 @@ def finish(
         finished.plots = write_report(record, out / "plots")
     finished.rows = comparison_rows(record)
     return finished
+
+
+def _choose(
+    experiment: Experiment, record: SearchRecord, best: list[Any], *, progress: bool
+) -> tuple[Any, PruningPlan, dict[str, Any]]:
+    """The trial and plan to deliver, by the config's ``choose`` (see :mod:`amc.choose`).
+
+    With ``choose.rescore`` k > 1 the k best trials are evaluated again with a longer
+    fine-tune and the most accurate is delivered; with ``choose.aim`` on a latency target its
+    plan is then sized by measurement. What was done is stored in the study (``chosen``), so
+    ``amc show`` and ``amc export`` deliver the same plan. Returns the trial, the plan and the
+    metrics it is exported with.
+    """
+    from amc.choose import aim, best_rescored, latency_meter, rescore
+
+    choose, workload = experiment.config.choose, experiment.workload
+    trial, plan = best[0], best[0].plan
+    chosen: dict[str, Any] = {"trial": trial.number}
+    metrics = _plain(trial.metrics)
+    if choose.rescore > 1 and len(best) > 1:
+        if progress:
+            Console(stderr=True).print(
+                f"re-scoring the {len(best)} best trials with {choose.rescore_steps} fine-tune "
+                "steps each"
+            )
+        plans = [t.plan for t in best]
+        results = rescore(workload, plans, choose.rescore_steps)
+        index = plans.index(best_rescored(plans, results))
+        trial, plan = best[index], plans[index]
+        metrics = _plain(trial.metrics)
+        metrics["rescored_accuracy"] = results[index].accuracy
+        chosen = {
+            "trial": trial.number,
+            "rescore_steps": choose.rescore_steps,
+            "rescored": [
+                {"trial": t.number, "accuracy": r.accuracy, "status": r.status}
+                for t, r in zip(best, results, strict=True)
+            ],
+        }
+    if choose.aim and experiment.space.target.metric == "latency":
+        spec = experiment.spec
+        meter = latency_meter(workload, min_run_time=2 * spec.latency_min_run_time)
+        aimed = aim(experiment.space, plan, meter, steps=choose.aim_steps)
+        plan = aimed.plan
+        for key in ("latency_ms", "latency_iqr_ms", "flops", "params", "size_bytes"):
+            metrics.pop(key, None)  # the trial's plan's: this one is measured here
+        metrics["latency_ratio"] = aimed.ratio
+        dense_ms = workload.dense_metrics().get("latency_ms")
+        if dense_ms:  # timed alike: the ratio is measured against the dense model
+            metrics["latency_ms"] = aimed.ratio * dense_ms
+        pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
+        metrics["flops"] = int(count_flops(pruned, workload.example_inputs))  # type: ignore[arg-type]
+        metrics["params"] = count_params(pruned)
+        chosen["aim"] = {"scale": aimed.scale, "ratio": aimed.ratio, "fits": aimed.fits,
+                         "tried": [list(pair) for pair in aimed.tried]}  # fmt: skip
+    if len(chosen) > 1:  # something was done beyond taking the best trial
+        chosen["plan"] = plan.to_json()
+        chosen["metrics"] = metrics
+        record.set_attr("chosen", chosen)
+    return trial, plan, metrics
 
 
 def _final_finetune(

@@ -185,10 +185,20 @@ def comparison_rows(record: SearchRecord) -> list[dict[str, Any]]:
     if isinstance(uniform, Mapping):
         rows.append({"name": "uniform", **_metrics(uniform.get("metrics", uniform))})
     best = record.best(1)
-    if best:
-        rows.append({"name": f"best (trial {best[0].number})", **_metrics(best[0].metrics)})
+    number = best[0].number if best else None
+    chosen = attrs.get("chosen")
+    if isinstance(chosen, Mapping) and isinstance(chosen.get("metrics"), Mapping):
+        # the plan `amc search` delivered: re-scored among the best and/or aimed (amc.choose)
+        number = chosen.get("trial")
+        how = [
+            word for key, word in (("rescored", "re-scored"), ("aim", "aimed")) if key in chosen
+        ]
+        name = f"best (trial {number}, {' and '.join(how)})" if how else f"best (trial {number})"
+        rows.append({"name": name, **_metrics(chosen["metrics"])})
+    elif best:
+        rows.append({"name": f"best (trial {number})", **_metrics(best[0].metrics)})
     final = attrs.get("final")
-    if isinstance(final, Mapping) and best and final.get("trial") == best[0].number:
+    if isinstance(final, Mapping) and number is not None and final.get("trial") == number:
         for row in rows:  # the same fine-tune for best and uniform, scored on the test split
             key = "best" if row["name"].startswith("best") else row["name"]
             row["final_accuracy"] = final.get(key)

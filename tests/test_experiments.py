@@ -23,6 +23,8 @@ import yaml
 
 from amc import experiment, report
 from amc.config import ExperimentConfig, load_config
+from amc.plan import PruningPlan
+from amc.report import comparison_rows
 from amc.study import SearchRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +100,7 @@ def flops_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     one deterministic law instead, 1 ms per MFLOP; search, clipping and over-budget checks run
     unchanged on it. N:M masks cost their dense FLOPs, as they do in fp32, so N:M saves nothing.
     """
+    import amc.choose
     import amc.evaluate
     from amc.latency_table import LatencyTable
     from amc.measure import LatencyStats, count_flops
@@ -119,6 +122,7 @@ def flops_latency(monkeypatch: pytest.MonkeyPatch) -> None:
         return [mflops_ms(model, example_inputs, device) for model in models]
 
     monkeypatch.setattr(amc.evaluate, "measure_interleaved", interleaved)
+    monkeypatch.setattr(amc.choose, "measure_interleaved", interleaved)  # aiming a plan
     monkeypatch.setattr(LatencyTable, "measure", classmethod(table))
 
 
@@ -138,6 +142,8 @@ def tiny_overrides(
         "finetune.eval_batches": 1,
         "finetune.bn_batches": min(config.finetune.bn_batches, 1),
         "latency.table_kernel_grid": 3,  # the kernel table on a coarse grid
+        "choose.rescore_steps": min(config.choose.rescore_steps, 2),
+        "choose.aim_steps": min(config.choose.aim_steps, 2),
         "runs_dir": str(runs),
         "storage": f"sqlite:///{storage_dir / 'amc.db'}",
         "study": study,
@@ -294,13 +300,31 @@ def test_demo_end_to_end(
     record = SearchRecord.open(overrides["storage"], "demo-tiny")
     assert record.count_completed() == 3
     assert record.attrs["target"] == "latency=0.5" and "uniform" in record.attrs
+    # delivered: the 3 best trials re-scored (2 steps here), the best of them aimed by measurement
+    chosen = record.attrs["chosen"]
+    assert [row["trial"] for row in chosen["rescored"]] == [t.number for t in record.best(3)]
+    assert chosen["rescore_steps"] == 2 and chosen["trial"] in {t.number for t in record.best(3)}
+    assert 0 < chosen["aim"]["ratio"] and 1 <= len(chosen["aim"]["tried"]) <= 4
     final = record.attrs["final"]  # best and uniform after the same final fine-tune
-    assert final["steps"] == 2 and final["trial"] == record.best(1)[0].number
+    assert final["steps"] == 2 and final["trial"] == chosen["trial"]
     assert all(0.0 <= final[name] <= 1.0 for name in ("dense", "best", "uniform"))
     assert "accuracy after 2 steps" in out
     folder = shared_runs / "demo-tiny"
     plan_path = folder / "best_plan.json"
     assert plan_path.is_file() and str(plan_path) in out
+    delivered = PruningPlan.load(plan_path)
+    assert delivered.provenance["trial"] == chosen["trial"]
+    assert delivered.provenance["aim"]["measured"] == pytest.approx(chosen["aim"]["ratio"], 1e-3)
+    assert delivered.metrics["latency_ratio"] == chosen["aim"]["ratio"]
+    assert delivered.key() == PruningPlan.from_json(chosen["plan"]).key()
+    exported = tmp_path / "exported.json"
+    assert main(["export", "demo-tiny", "--out", str(exported), "--storage",
+                 overrides["storage"]]) == 0  # fmt: skip
+    assert PruningPlan.load(exported).key() == delivered.key()
+    assert "as delivered" in capsys.readouterr().out
+    [row] = [row for row in comparison_rows(record) if row["name"].startswith("best")]
+    assert row["name"] == f"best (trial {chosen['trial']}, re-scored and aimed)"
+    assert row["latency_ratio"] == chosen["aim"]["ratio"] and row["final_accuracy"] is not None
     pruned = load_pruned(folder / "pruned")
     assert pruned(torch.randn(2, 1, 32, 32)).shape == (2, 10)
 

@@ -134,3 +134,17 @@ def test_final_finetune_scores_get_their_own_column(record: SearchRecord) -> Non
     assert "accuracy after 150 steps" in render(comparison_table(rows))
     record.set_attr("final", {"steps": 150, "trial": 1, "best": 0.5})  # another trial's: unused
     assert all("final_accuracy" not in row for row in comparison_rows(record))
+
+
+def test_the_delivered_plan_s_row_says_how_it_was_chosen(record: SearchRecord) -> None:
+    """With `choose:` the row is the delivered plan (re-scored, aimed), not the best trial."""
+    metrics = {"accuracy": 0.84, "latency_ms": 1.0, "latency_ratio": 0.5, "flops": 10, "params": 5}
+    record.set_attr(
+        "chosen", {"trial": 1, "rescored": [], "aim": {"ratio": 0.5}, "metrics": metrics}
+    )
+    record.set_attr("final", {"steps": 150, "trial": 1, "dense": 0.9, "best": 0.87})
+    rows = comparison_rows(record)
+    assert rows[-1]["name"] == "best (trial 1, re-scored and aimed)"
+    assert rows[-1]["latency_ratio"] == 0.5 and rows[-1]["final_accuracy"] == 0.87
+    record.set_attr("chosen", {"trial": 3, "aim": {}, "metrics": metrics})
+    assert comparison_rows(record)[-1]["name"] == "best (trial 3, aimed)"
