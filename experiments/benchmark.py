@@ -482,7 +482,8 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
     best = ranked[0] if ranked else None
     confirmed: list[float] = []
     aimed: dict[str, Any] | None = None
-    if calibrated and args.aim and best is not None:
+    if calibrated and args.aim and (best or fallback) is not None:
+        best = best or fallback  # none measured within the target: aiming shrinks it to fit
         lat = args.lat_final
         measure = latency_meter(
             workload, min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"]
@@ -505,7 +506,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         "rescored": rescored,
         "aimed": aimed,
         "confirmed": confirmed,
-        "in_budget": best is not None,
+        "in_budget": aimed["fits"] if aimed else best is not None,
         "trace": trace,
         "wall_s": wall,
         "evals": len(trace),
