@@ -13,11 +13,15 @@ For a trained baseline and one or more targets, in ONE process and one machine s
    split, latency). A plan identical to one already evaluated in the same search (the uniform
    agent proposes one plan over and over) reuses that result; evaluations/minute count the
    distinct ones;
-3. the best plan of each strategy (highest validation accuracy among plans measured within the
-   target; for nsga2 that is the best-accuracy plan of its front within the target; for latency
-   targets the ``--confirm`` most accurate re-timed first, see ``confirm_best``) and the two
-   peers' models go through the SAME final fine-tune (``--final-steps``) and are scored on the
-   SAME held-out test samples, which the search never sees;
+3. the best plan of each strategy is chosen as ``amc search`` does with ``choose:``
+   (``amc.choose``): the ``--rescore`` most accurate plans measured within the target are
+   evaluated again with ``--rescore-steps`` of fine-tune and the best of them is taken; on a
+   latency target it is then sized by measurement (``--aim``: its removed fractions scaled by
+   one factor, bisected on its latency measured against the dense model, as TP's bisection
+   sizes the peers; ``--no-aim`` re-times the ``--confirm`` most accurate instead, see
+   ``confirm_best``). These plans and the two peers' models go through the SAME final
+   fine-tune (``--final-steps``) and are scored on the SAME held-out test samples, which the
+   search never sees;
 4. the dense model and all those models are timed in one interleaved run (A B C ... C B A ...,
    ``measure_interleaved``, ``--rounds`` rounds, at every ``--report-batches`` batch size,
    1 thread); the medians of the rounds are reported, and each ratio to dense is the median of
