@@ -1245,52 +1245,31 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
                     "- plans measured over the target during search (told with their penalty, "
                     "like `amc search`): " + ", ".join(f"{s} {n}" for s, n in over.items() if n)
                 )
-            retimed = [
-                f"{s} "
-                + "; ".join(
-                    "/".join(f"{r:.3f}" for r in run["strategies"][s]["confirmed"])
-                    for run in runs
-                    if run["strategies"].get(s, {}).get("confirmed")
-                )
-                for s in SEARCHED
-                if any(run["strategies"].get(s, {}).get("confirmed") for run in runs)
-            ]
+            retimed = per_seed(runs, "confirmed", lambda v: "/".join(f"{r:.3f}" for r in v))
             if retimed:
                 lines.append(
                     "- best plans re-timed before the choice (ratios to dense, most accurate "
                     "first, per seed; the last one of each seed was chosen if it is within the "
-                    "target): " + ", ".join(retimed)
+                    "target): " + retimed
                 )
-            rescores = [
-                f"{s} "
-                + "; ".join(
-                    "/".join(f"{a:.1%}" if a is not None else "failed"
-                             for a in run["strategies"][s]["rescored"])
-                    for run in runs if run["strategies"].get(s, {}).get("rescored")
-                )
-                for s in SEARCHED
-                if any(run["strategies"].get(s, {}).get("rescored") for run in runs)
-            ]  # fmt: skip
+            rescores = per_seed(
+                runs,
+                "rescored",
+                lambda v: "/".join("failed" if a is None else f"{a:.1%}" for a in v),
+            )
             if rescores:
                 lines.append(
                     "- re-scored validation accuracy of the proxy's best plans (proxy order, per "
-                    "seed; the highest was chosen): " + ", ".join(rescores)
+                    "seed; the highest was chosen): " + rescores
                 )
-            aims = [
-                f"{s} "
-                + "; ".join(
-                    f"x{run['strategies'][s]['aimed']['scale']:.2f} -> "
-                    f"{run['strategies'][s]['aimed']['ratio']:.3f}"
-                    + ("" if run["strategies"][s]["aimed"]["fits"] else " (over)")
-                    for run in runs if (run["strategies"].get(s) or {}).get("aimed")
-                )
-                for s in SEARCHED
-                if any((run["strategies"].get(s) or {}).get("aimed") for run in runs)
-            ]  # fmt: skip
+            aims = per_seed(
+                runs, "aimed",
+                lambda v: f"x{v['scale']:.2f} -> {v['ratio']:.3f}{'' if v['fits'] else ' (over)'}",
+            )  # fmt: skip
             if aims:
                 lines.append(
                     "- aimed by measurement (removed-fraction factor -> measured ratio to dense, "
-                    "per seed; factor < 1 grew the plan): " + ", ".join(aims)
+                    "per seed; factor < 1 grew the plan): " + aims
                 )
             peers = [
                 f"{LABELS[s]} pruning_ratio "
@@ -1330,6 +1309,21 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
     path = out / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def per_seed(runs: list[dict[str, Any]], key: str, show: Any) -> str:
+    """``"strategy a; b; c, ..."``: ``show(value)`` of each seed's ``key`` for every searched
+    strategy whose runs hold one (empty when none does)."""
+    parts = []
+    for name in SEARCHED:
+        values = [
+            show(run["strategies"][name][key])
+            for run in runs
+            if (run["strategies"].get(name) or {}).get(key)
+        ]
+        if values:
+            parts.append(f"{name} " + "; ".join(values))
+    return ", ".join(parts)
 
 
 def slug(text: str) -> str:
