@@ -427,7 +427,7 @@ def _choose(
     if len(chosen) > 1:  # something was done beyond taking the best trial
         chosen["plan"] = plan.to_json()
         chosen["metrics"] = metrics
-        record.set_attr("chosen", chosen)
+    record.set_attr("chosen", chosen)  # always: a resumed search's earlier choice is replaced
     return trial, plan, metrics
 
 

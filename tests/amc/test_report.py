@@ -148,3 +148,7 @@ def test_the_delivered_plan_s_row_says_how_it_was_chosen(record: SearchRecord) -
     assert rows[-1]["latency_ratio"] == 0.5 and rows[-1]["final_accuracy"] == 0.87
     record.set_attr("chosen", {"trial": 3, "aim": {}, "metrics": metrics})
     assert comparison_rows(record)[-1]["name"] == "best (trial 3, aimed)"
+    best = record.best(1)[0]
+    record.set_attr("chosen", {"trial": best.number})  # nothing done: the best trial as searched
+    assert comparison_rows(record)[-1]["name"] == f"best (trial {best.number})"
+    assert comparison_rows(record)[-1]["accuracy"] == best.metrics["accuracy"]
