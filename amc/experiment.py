@@ -348,9 +348,15 @@ def finish(
     best = [trial for trial in record.best(max(1, experiment.config.choose.rescore)) if trial.plan]
     finished = Finished(study=record.name, best=None)
     if best:
-        trial, plan, metrics = _choose(experiment, record, best, progress=progress)
+        trial, plan, metrics, chosen = _choose(experiment, best, progress=progress)
         workload = experiment.workload
         pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
+        if "aim" in chosen:  # not the trial's plan: count what this one costs
+            metrics["flops"] = int(count_flops(pruned, workload.example_inputs))  # type: ignore[arg-type]
+            metrics["params"] = count_params(pruned)
+        if len(chosen) > 1:  # something was done beyond taking the best trial
+            chosen |= {"plan": plan.to_json(), "metrics": metrics}
+        record.set_attr("chosen", chosen)  # always: a resumed search's earlier choice is replaced
         plan = plan.with_provenance(study=record.name, trial=trial.number)
         plan = plan.with_metrics(**metrics)
         finished.best = trial.to_json()
@@ -372,15 +378,15 @@ def finish(
 
 
 def _choose(
-    experiment: Experiment, record: SearchRecord, best: list[Any], *, progress: bool
-) -> tuple[Any, PruningPlan, dict[str, Any]]:
+    experiment: Experiment, best: list[Any], *, progress: bool
+) -> tuple[Any, PruningPlan, dict[str, Any], dict[str, Any]]:
     """The trial and plan to deliver, by the config's ``choose`` (see :mod:`amc.choose`).
 
     With ``choose.rescore`` k > 1 the k best trials are evaluated again with a longer
     fine-tune and the most accurate is delivered; with ``choose.aim`` on a latency target its
-    plan is then sized by measurement. What was done is stored in the study (``chosen``), so
-    ``amc show`` and ``amc export`` deliver the same plan. Returns the trial, the plan and the
-    metrics it is exported with.
+    plan is then sized by measurement. Returns the trial, the plan, the metrics it is exported
+    with and what was done (:func:`finish` stores it in the study as ``chosen``, so that
+    ``amc show`` and ``amc export`` deliver the same plan).
     """
     from amc.choose import aim, best_rescored, latency_meter, rescore
 
@@ -414,21 +420,14 @@ def _choose(
         aimed = aim(experiment.space, plan, meter, steps=choose.aim_steps)
         plan = aimed.plan
         for key in ("latency_ms", "latency_iqr_ms", "flops", "params", "size_bytes"):
-            metrics.pop(key, None)  # the trial's plan's: this one is measured here
+            metrics.pop(key, None)  # the trial's plan's: this one is measured (and counted) here
         metrics["latency_ratio"] = aimed.ratio
         dense_ms = workload.dense_metrics().get("latency_ms")
         if dense_ms:  # timed alike: the ratio is measured against the dense model
             metrics["latency_ms"] = aimed.ratio * dense_ms
-        pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
-        metrics["flops"] = int(count_flops(pruned, workload.example_inputs))  # type: ignore[arg-type]
-        metrics["params"] = count_params(pruned)
         chosen["aim"] = {"scale": aimed.scale, "ratio": aimed.ratio, "fits": aimed.fits,
                          "tried": [list(pair) for pair in aimed.tried]}  # fmt: skip
-    if len(chosen) > 1:  # something was done beyond taking the best trial
-        chosen["plan"] = plan.to_json()
-        chosen["metrics"] = metrics
-    record.set_attr("chosen", chosen)  # always: a resumed search's earlier choice is replaced
-    return trial, plan, metrics
+    return trial, plan, metrics, chosen
 
 
 def _final_finetune(
