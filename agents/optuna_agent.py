@@ -2,10 +2,12 @@
 
 Each agent keeps an in-memory Optuna study of its own (the search service records trials in
 its own storage; this study is only the sampler's memory). ``ask`` is ``study.ask()`` with one
-``suggest_float("keep:<unit>", lower_bound, 1)`` per unit (and, where the space enables N:M,
-one ``suggest_categorical("nm:<unit>", ["dense", "N:M"])`` per eligible unit); the sampled keep
-ratios are repaired onto the budget with ``space.repair`` so every plan is feasible, and the
-trial is told the value of the repaired plan (repair is part of the objective).
+``suggest_float("keep:<unit>", lower_bound, 1)`` per unit (with the setting ``spread``, a
+narrower box around the uniform plan: :meth:`OptunaAgent.keep_box`) and, where the space
+enables N:M, one ``suggest_categorical("nm:<unit>", ["dense", "N:M"])`` per eligible unit; the
+sampled keep ratios are repaired onto the budget with ``space.repair`` so every plan is
+feasible, and the trial is told the value of the repaired plan (repair is part of the
+objective).
 ``tell`` is ``study.tell(trial, value)``; a failed evaluation is ``TrialState.FAIL``.
 
 A plan measured over its target is a completed trial that the sampler learns to avoid: its
@@ -86,6 +88,16 @@ Told = tuple[list[float], bool]
 START_UNIFORM = Setting(
     True, "bool", help="first trial: the uniform plan at the budget (enqueue_trial)"
 )
+# How far each unit's removed fraction may stray from the uniform plan's (see keep_box).
+SPREAD = Setting(
+    1.0,
+    "float",
+    low=0.0,
+    high=1.0,
+    low_open=True,
+    help="box around the uniform plan: a unit removes (1 +- spread) times the centre's "
+    "fraction before repair (1: the whole box [lower_bound, 1], as AMC)",
+)
 
 
 class OptunaAgent(Agent):
@@ -138,12 +150,28 @@ class OptunaAgent(Agent):
             name: keep if name.startswith("keep:") else DENSE for name in self._distributions()
         }
 
+    def keep_box(self) -> tuple[float, float]:
+        """The range each unit's keep ratio is sampled from.
+
+        The centre ``c = (lower_bound + 1) / 2`` is the uniform plan (see
+        :meth:`_uniform_params`); the box is ``1 - (1 - c) * (1 +- spread)``, so with the
+        setting ``spread`` (where a sampler has it) every unit removes between ``1 - spread``
+        and ``1 + spread`` times the centre's fraction before ``repair`` scales them all
+        onto the budget by one factor. ``spread = 1`` (the default) is the whole box
+        ``[lower_bound, 1]``, AMC's action space; a small spread searches near the uniform
+        plan, where a short search is more likely to find a plan that beats it than in the
+        whole box, whose random corners are mostly worse.
+        """
+        half = (1.0 - self.space.lower_bound) / 2.0
+        spread = float(self.settings.get("spread", 1.0))
+        return 1.0 - half * (1.0 + spread), 1.0 - half * (1.0 - spread)
+
     def _distributions(self) -> dict[str, Any]:
-        low = self.space.lower_bound
+        low, high = self.keep_box()
         distributions: dict[str, Any] = {}
         for unit in self.space.units:
             if unit.channel_prunable:
-                distributions[f"keep:{unit.name}"] = FloatDistribution(low, 1.0)
+                distributions[f"keep:{unit.name}"] = FloatDistribution(low, high)
         if self.space.nm is not None:
             pattern = _nm_text(self.space.nm)
             for unit in self.space.units:
@@ -261,11 +289,11 @@ class OptunaAgent(Agent):
         if raw is not None:
             return {key: raw[key] for key in distributions if key in raw}
         params: dict[str, Any] = {}
-        low = self.space.lower_bound
+        low, high = self.keep_box()
         for key, distribution in distributions.items():
             kind, name = key.split(":", 1)
             if kind == "keep" and name in proposal.params:
-                params[key] = min(max(float(proposal.params[name]), low), 1.0)
+                params[key] = min(max(float(proposal.params[name]), low), high)
             elif kind == "nm" and key in proposal.params:
                 params[key] = distribution.choices[1] if proposal.params[key] else DENSE
         return params
@@ -548,6 +576,7 @@ class TPEAgent(OptunaAgent):
     SETTINGS = {
         "n_startup_trials": Setting(10, "int", low=0, help="random trials before TPE"),
         "start_uniform": START_UNIFORM,
+        "spread": SPREAD,
         "n_ei_candidates": Setting(24, "int", low=1, help="candidates scored per suggestion"),
         "multivariate": Setting(True, "bool", help="joint (multivariate) TPE"),
         "multi_objective": Setting(
@@ -571,6 +600,7 @@ class CmaEsAgent(OptunaAgent):
     SETTINGS = {
         "n_startup_trials": Setting(1, "int", low=0, help="independent trials before CMA-ES"),
         "start_uniform": START_UNIFORM,
+        "spread": SPREAD,
         "sigma0": Setting(
             None, "float", low=0.0, low_open=True, nullable=True, help="initial step size"
         ),
@@ -609,6 +639,7 @@ class NSGA2Agent(OptunaAgent):
     SETTINGS = {
         "population_size": Setting(50, "int", low=2, help="individuals per generation"),
         "start_uniform": START_UNIFORM,
+        "spread": SPREAD,
         "crossover_prob": Setting(0.9, "float", low=0.0, high=1.0, help="crossover probability"),
         "mutation_prob": Setting(
             None, "float", low=0.0, high=1.0, nullable=True, help="per-parameter mutation"

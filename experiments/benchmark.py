@@ -213,6 +213,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--test", type=int, default=None, help="held-out samples the final models are scored on")
     add("--baseline-epochs", type=int, default=None, help="epochs of the dense baseline")
     add("--lower-bound", type=float, default=0.2, help="smallest keep ratio of a unit (AMC)")
+    add(
+        "--spread",
+        type=float,
+        default=1.0,
+        help="the Optuna agents' (tpe, nsga2) box around the uniform plan: each unit removes "
+        "(1 +- spread) times the uniform fraction before repair (1: the whole box, AMC's)",
+    )
     add("--report-batches", default=None, help="batch sizes of the final latency (e.g. 1,32)")
     add("--search-latency-batch", type=int, default=1, help="latency batch for FLOPs targets")
     add("--rounds", type=int, default=None, help="rounds of the interleaved latency run")
@@ -284,6 +291,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.final_seeds < 1:
         parser.error(f"--final-seeds must be at least 1, got {args.final_seeds}")
+    if not 0.0 < args.spread <= 1.0:
+        parser.error(f"--spread must be in (0, 1] (1: the whole box), got {args.spread:g}")
     args.case_names = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = [name for name in args.case_names if name not in CASES]
     if unknown:
@@ -415,14 +424,15 @@ def tp_peer(model: nn.Module, example: torch.Tensor, target: Target, batch: int,
 # --------------------------------------------------------------------------------------------
 
 
-def agent_settings(name: str, evals: int) -> dict[str, Any]:
-    """Settings scaled to the evaluation budget (AMC warms DDPG up for a quarter of it)."""
+def agent_settings(name: str, evals: int, spread: float = 1.0) -> dict[str, Any]:
+    """Settings scaled to the evaluation budget (AMC warms DDPG up for a quarter of it), and
+    the Optuna agents' box around the uniform plan (``--spread``)."""
     if name == "ddpg":
         return {"warmup": max(1, evals // 4)}
     if name == "tpe":
-        return {"n_startup_trials": max(1, min(10, evals // 3))}
+        return {"n_startup_trials": max(1, min(10, evals // 3)), "spread": spread}
     if name == "nsga2":
-        return {"population_size": max(2, min(50, evals // 3))}
+        return {"population_size": max(2, min(50, evals // 3)), "spread": spread}
     return {}
 
 
@@ -435,7 +445,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
     if calibrated:  # every strategy starts from the table as measured (and scaled), uncalibrated
         space._latency_ratios.clear()
         space.latency_table = replace(space.latency_table, scale=scale)  # type: ignore[arg-type]
-    agent = get_agent(name, space, seed=seed, **agent_settings(name, args.evals))
+    agent = get_agent(name, space, seed=seed, **agent_settings(name, args.evals, args.spread))
     cache: dict[tuple[Any, ...], EvalResult] = {}
     trace: list[dict[str, Any]] = []
     fallback: tuple[float, PruningPlan, EvalResult] | None = None
@@ -1155,8 +1165,16 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         "(`global_pruning=False`) and global (`global_pruning=True`); `pruning_ratio` bisected "
         f"({args.tp_iterations} steps) on measured FLOPs or measured latency. Their search wall "
         "time is that bisection.",
-        f"- Our search space: AMC lower bound {args.lower_bound:g}; latency targets use a "
-        "per-unit latency table measured once per target on this CPU (time in the case header).",
+        f"- Our search space: AMC lower bound {args.lower_bound:g}"
+        + (
+            f"; tpe and nsga2 sample a box around the uniform plan (`spread` {args.spread:g}: "
+            f"each unit removes {1 - args.spread:g}-{1 + args.spread:g}x the uniform fraction "
+            "before repair)"
+            if args.spread < 1.0
+            else ""
+        )
+        + "; latency targets use a per-unit latency table measured once per target on this "
+        "CPU (time in the case header).",
         "- Best plan per strategy: highest validation accuracy among its plans measured within "
         "the target (search-time tolerance 5%); for nsga2 the best-accuracy plan of the search "
         "within the target."
@@ -1365,13 +1383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         key: getattr(args, key)
         for key in ("evals", "finetune_steps", "final_steps", "final_seeds", "val", "test", "lr",
                     "batch_size", "lower_bound", "rounds", "batches", "baseline_epochs",
-                    "threads", "bn_batches")
+                    "threads", "bn_batches", "spread")
     }  # fmt: skip
     state["settings"] = settings
     state["commands"] = [state["command"]]
     if args.resume and raw_path.is_file():
         previous = json.loads(raw_path.read_text())
-        old = {"final_seeds": 1, **previous.get("settings", settings)}  # older raw files
+        old = {"final_seeds": 1, "spread": 1.0, **previous.get("settings", settings)}  # older
         if old != settings:
             raise SystemExit(f"error: --resume with other settings: {old} vs {settings}")
         state["cases"] = previous["cases"]

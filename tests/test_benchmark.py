@@ -35,7 +35,7 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
     start = time.process_time()
     args = ["--quick", "--cases", "resnet20-synthetic,resnet56-cifar10", "--targets",
             "latency=0.8@1", "--out", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"),
-            "--tag", "quick", "--final-seeds", "2"]  # fmt: skip
+            "--tag", "quick", "--final-seeds", "2", "--spread", "0.5"]  # fmt: skip
     assert benchmark.main(args) == 0
     elapsed = time.process_time() - start  # CPU seconds: wall time depends on the machine's load
 
@@ -48,6 +48,7 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
     assert "Beat Torch-Pruning by >= 1 point" in report
     assert "ddpg reaches 95% of its final best reward" in report
     assert "--cifar10" in report  # the skipped case says how to supply the folder
+    assert "`spread` 0.5: each unit removes 0.5-1.5x the uniform fraction" in report
 
     pngs = sorted((tmp_path / "results").glob("quick-*.png"))
     assert len(pngs) == 2  # accuracy vs latency, and the search progress
@@ -111,6 +112,18 @@ def test_strategies_can_be_chosen_with_a_did_you_mean(capsys: pytest.CaptureFixt
         benchmark.parse_args(["--quick", "--strategies", "tpee"])
     assert exit_.value.code == 2
     assert "unknown strategy 'tpee'. Did you mean 'tpe'?" in capsys.readouterr().err
+
+
+def test_spread_reaches_the_optuna_agents_and_is_checked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert benchmark.agent_settings("tpe", 16, 0.3)["spread"] == 0.3
+    assert benchmark.agent_settings("nsga2", 16, 0.3)["spread"] == 0.3
+    assert "spread" not in benchmark.agent_settings("ddpg", 16, 0.3)
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.parse_args(["--quick", "--spread", "0"])
+    assert exit_.value.code == 2
+    assert "--spread must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_a_table_predicting_the_target_unreachable_starts_scaled_to_fit() -> None:

@@ -496,3 +496,46 @@ def test_tpe_learns_to_avoid_plans_over_the_target(
 
     told, failed = over_in_last_half("penalty"), over_in_last_half("failure")
     assert told < failed / 2, (told, failed)
+
+
+@pytest.mark.parametrize("name", OPTUNA)
+def test_spread_samples_a_box_around_the_uniform_plan(name: str, chain_space: Any) -> None:
+    """``spread`` narrows the sampled box around its centre (the uniform plan): each unit
+    removes (1 +- spread) times the centre's fraction, and the repaired plans stay closer to
+    uniform than the whole box's."""
+    low = chain_space.lower_bound
+    centre_removed = (1.0 - low) / 2.0
+
+    def spreads(agent: Any, spread: float) -> list[float]:
+        """Per plan: the largest over the smallest removed fraction among its units."""
+        out = []
+        for _ in range(12):
+            [proposal] = agent.ask(1)
+            removed = [1.0 - u.keep_ratio for u in proposal.plan.units.values()]
+            out.append(max(removed) / min(removed))
+            agent.tell([proposal], [{"reward": 0.5, "accuracy": 0.5, "latency_ms": 1.0}])
+            raw = proposal.info["optuna_params"]
+            for key, value in raw.items():
+                if key.startswith("keep:"):
+                    assert abs(1.0 - value - centre_removed) <= spread * centre_removed + 1e-9
+        return out
+
+    narrow = make(name, chain_space, seed=1, spread=0.2)
+    assert narrow.keep_box() == pytest.approx((1 - 1.2 * centre_removed, 1 - 0.8 * centre_removed))
+    assert make(name, chain_space, spread=1.0).keep_box() == pytest.approx((low, 1.0))
+    near = spreads(narrow, 0.2)
+    # (1 + s) / (1 - s) = 1.5 before repair; whole channels add a little
+    assert max(near) <= 1.5 * 1.15, near
+    wide = spreads(make(name, chain_space, seed=1), 1.0)
+    assert max(wide) > max(near)
+    resumed = make(name, chain_space, seed=1, spread=0.2)  # the box is part of the state
+    resumed.load_state_dict(round_trip(narrow.state_dict()))
+    assert signature(resumed.ask(1)) == signature(narrow.ask(1))
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "wide"])
+def test_spread_out_of_range_is_a_config_error(value: Any, chain_space: Any) -> None:
+    from amc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="spread"):
+        make("tpe", chain_space, spread=value)
