@@ -164,6 +164,8 @@ class OptunaAgent(Agent):
         """
         half = (1.0 - self.space.lower_bound) / 2.0
         spread = float(self.settings.get("spread", 1.0))
+        if spread >= 1.0:  # exactly AMC's box, not 1 - (1 - lower_bound) rounded
+            return self.space.lower_bound, 1.0
         return 1.0 - half * (1.0 + spread), 1.0 - half * (1.0 - spread)
 
     def _distributions(self) -> dict[str, Any]:
