@@ -20,6 +20,12 @@ def tiny(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module, torch.Te
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (`-n 2 --dist loadgroup`, scripts/test.sh) every test that uses the
+    # session's local Ray runs in one worker, so one Ray is started, not one per worker.
+    for item in items:
+        uses_ray = "ray_session" in getattr(item, "fixturenames", ())
+        if uses_ray or item.get_closest_marker("ray") is not None:
+            item.add_marker(pytest.mark.xdist_group("ray"))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
