@@ -426,7 +426,9 @@ def _choose(
         if dense_ms:  # timed alike: the ratio is measured against the dense model
             metrics["latency_ms"] = aimed.ratio * dense_ms
         chosen["aim"] = {"scale": aimed.scale, "ratio": aimed.ratio, "fits": aimed.fits,
-                         "tried": [list(pair) for pair in aimed.tried]}  # fmt: skip
+                         "tried": [list(pair) for pair in aimed.tried],
+                         "grown": aimed.grown,
+                         "grown_tried": [list(pair) for pair in aimed.grown_tried]}  # fmt: skip
     return trial, plan, metrics, chosen
 
 

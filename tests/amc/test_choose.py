@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from amc.choose import aim, best_rescored, latency_meter, rescore
 from amc.evaluate import TaskSpec, Workload
@@ -102,6 +103,32 @@ def test_aim_sizes_the_plan_to_the_measured_target_keeping_its_shape(
     assert all(ratio > 0.5 for scale, ratio in aimed.tried if scale < aimed.scale)
 
 
+def test_aim_grows_units_one_by_one_where_a_factor_step_moves_many(
+    model: torch.nn.Module,
+) -> None:
+    """One bisection step leaves a coarse bracket: the units between its two plans grow one at
+    a time (their count bisected on the measurement) into the budget the factor left."""
+    space = flops_space(model, 0.5)
+    plan = shaped_plan(space)
+    measure = measured_flops(model, 0.7)
+    aimed = aim(space, plan, measure, steps=1)
+    keep = {name: unit.keep_ratio for name, unit in plan.units.items()}
+    by_factor = space.make_plan(space.scaled(keep, aimed.scale), fit=False)
+    over = max((scale for scale, ratio in aimed.tried if ratio > 0.5), default=0.0)
+    larger = space.make_plan(space.scaled(keep, over), fit=False)  # the next factor: over
+    assert aimed.fits and aimed.grown >= 1 and aimed.grown_tried
+    assert aimed.ratio <= 0.5 and aimed.ratio == pytest.approx(measure(aimed.plan))
+    assert aimed.ratio > measure(by_factor)  # closer to the target than the factor alone got
+    assert aimed.plan.provenance["aim"]["grown_units"] == aimed.grown
+    for name, unit in aimed.plan.units.items():  # each unit as one of the two plans has it
+        assert unit.channels in (by_factor.units[name].channels, larger.units[name].channels)
+    grown = [n for n, u in aimed.plan.units.items() if u.channels != by_factor.units[n].channels]
+    assert len(grown) == aimed.grown
+    assert [count for count, _ in aimed.grown_tried][0] >= 1
+    # no fill without bisection steps: steps=0 measures the plan (and its top) only
+    assert aim(space, plan, measure, steps=0).grown == 0
+
+
 def test_aim_says_when_even_the_lower_bound_measures_over(model: torch.nn.Module) -> None:
     space = flops_space(model, 0.5)
     aimed = aim(space, shaped_plan(space), measured_flops(model, 50.0))
@@ -151,6 +178,25 @@ def test_rescore_fine_tunes_longer_and_the_best_rescored_plan_wins(workload: Wor
         best_rescored(plans, results[:1])
     with pytest.raises(ValueError, match="steps must be >= 0"):
         rescore(workload, plans, steps=-2)
+
+
+def test_rescore_scores_on_the_held_out_samples_given(workload: Workload) -> None:
+    space = SearchSpace.build(
+        workload.model, workload.example_inputs, "flops=0.6", graph=workload.graph
+    )
+    plan = space.make_plan(space.repair({u.name: 0.5 for u in space.units}))
+    first = workload.data.test[0][0]  # type: ignore[index]
+    inputs = first.unsqueeze(0).repeat(40, 1, 1, 1)
+    accuracies = []
+    for label in (0, 1):  # one input 40 times, every label the same: all right or all wrong
+        held_out = TensorDataset(inputs, torch.full((40,), label))
+        (result,) = rescore(workload, [plan], steps=2, held_out=held_out)
+        assert result.ok
+        accuracies.append(result.accuracy)
+    assert set(accuracies) <= {0.0, 1.0} and accuracies != [1.0, 1.0]
+    # the search's workload still scores on its own held-out batches
+    assert len(workload.eval_loader) == SPEC.eval_batches
+    assert workload.dense_metrics()["n"] == SPEC.eval_batches * SPEC.batch_size
 
 
 def test_latency_meter_times_the_plan_against_the_dense_model(workload: Workload) -> None:
