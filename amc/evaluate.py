@@ -37,7 +37,7 @@ from typing import Any, Protocol, Self
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from amc.checkpoint import load_weights
 from amc.errors import ConfigError, DataError, did_you_mean
@@ -328,6 +328,18 @@ class Workload:
         unit graph, held-out batches and dense metrics (re-scoring plans, :mod:`amc.choose`)."""
         other = copy.copy(self)
         other.spec = replace(self.spec, finetune_steps=steps)
+        return other
+
+    def with_held_out(self, held_out: Dataset) -> Workload:
+        """This workload scoring plans on ``held_out`` samples instead of its test split (a
+        larger set to re-score a search's best plans on, :mod:`amc.choose`), sharing its
+        model, training data, unit graph and dense cost and latency."""
+        other = copy.copy(self)
+        other.data = replace(self.data, test=held_out)
+        other.__dict__.pop("eval_loader", None)  # materialised again from ``held_out``
+        other.__dict__.pop("_reference", None)
+        scored = ("accuracy", "loss", "labelled", "n")  # the dense model's, on the new samples
+        other._dense = {key: value for key, value in self._dense.items() if key not in scored}
         return other
 
     @cached_property

@@ -15,7 +15,8 @@ For a trained baseline and one or more targets, in ONE process and one machine s
    distinct ones;
 3. the best plan of each strategy is chosen as ``amc search`` does with ``choose:``
    (``amc.choose``): the ``--rescore`` most accurate plans measured within the target are
-   evaluated again with ``--rescore-steps`` of fine-tune and the best of them is taken; on a
+   evaluated again with ``--rescore-steps`` of fine-tune (on ``--rescore-val`` held-out
+   samples) and the best of them is taken; on a
    latency target it is then sized by measurement (``--aim``: its removed fractions scaled by
    one factor, bisected on its latency measured against the dense model, as TP's bisection
    sizes the peers; ``--no-aim`` re-times the ``--confirm`` most accurate instead, see
@@ -28,8 +29,10 @@ For a trained baseline and one or more targets, in ONE process and one machine s
    the per-round ratios, so machine drift cancels.
 
 Data: the validation split used by the search is the first ``--val`` samples of the data set's
-test split, the final test split the next ``--test`` samples; training and fine-tuning use the
-train split. The baseline is ``amc.train.pretrained`` (cached under ``RUNS/baselines``).
+test split, the final test split the next ``--test`` samples; a re-score scores on the
+validation samples and those after the test split, ``--rescore-val`` in all; training and
+fine-tuning use the train split. The baseline is ``amc.train.pretrained`` (cached under
+``RUNS/baselines``).
 
 Reported per case, target and strategy: final accuracy (mean and std over seeds), measured
 latency and its ratio to dense, FLOPs and params ratios, search wall time, evaluations per
@@ -87,7 +90,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
+from torch.utils.data import ConcatDataset, Dataset, Subset  # noqa: E402
 
 from agents import get_agent  # noqa: E402
 from amc.choose import aim, best_rescored, latency_meter, rescore  # noqa: E402
@@ -247,6 +250,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--rescore-steps", type=int, default=None, help="fine-tune steps of a re-score (100)")
     add(
+        "--rescore-val",
+        type=int,
+        default=None,
+        help="held-out samples a re-score scores on: the search's validation samples, then "
+        "those after the final test samples (never the test ones; default 5000, 0: the "
+        "validation samples only)",
+    )
+    add(
         "--aim",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -284,6 +295,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "rounds": 1 if quick else 5,
         "rescore": 2 if quick else 4,
         "rescore_steps": 3 if quick else 100,
+        "rescore_val": 96 if quick else 5000,
         "aim_steps": 2 if quick else 8,
     }
     for key, value in defaults.items():
@@ -437,9 +449,10 @@ def agent_settings(name: str, evals: int, spread: float = 1.0) -> dict[str, Any]
 
 
 def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
-                 args: argparse.Namespace, scale: float = 1.0) -> dict[str, Any]:  # fmt: skip
+                 args: argparse.Namespace, scale: float = 1.0,
+                 held_out: Dataset | None = None) -> dict[str, Any]:  # fmt: skip
     """Ask/evaluate/tell ``args.evals`` plans (distinct ones with ``--distinct-evals``); return
-    the trace and the best plan in budget."""
+    the trace and the best plan in budget (re-scored on ``held_out``, if given)."""
     start = time.perf_counter()
     calibrated = space.latency_table is not None and space.target.metric == "latency"
     if calibrated:  # every strategy starts from the table as measured (and scaled), uncalibrated
@@ -489,7 +502,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
     if args.rescore > 1 and len(ranked) > 1:
         # the proxy's few best, scored again with a longer fine-tune (amc.choose.rescore)
         top = ranked[: args.rescore]
-        results = rescore(workload, [entry[1] for entry in top], args.rescore_steps)
+        results = rescore(workload, [entry[1] for entry in top], args.rescore_steps, held_out)
         rescored = [result.accuracy for result in results]
         first = best_rescored([entry[1] for entry in top], results)
         ranked = sorted(top, key=lambda entry: entry[1] is not first) + ranked[len(top) :]
@@ -504,7 +517,8 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         )
         found = aim(space, best[1], measure, steps=args.aim_steps)
         aimed = {"scale": found.scale, "ratio": found.ratio, "fits": found.fits,
-                 "tried": [list(pair) for pair in found.tried]}  # fmt: skip
+                 "tried": [list(pair) for pair in found.tried], "grown": found.grown,
+                 "grown_tried": [list(pair) for pair in found.grown_tried]}  # fmt: skip
         best = (best[0], found.plan, best[2])
     elif calibrated and args.confirm and ranked:
         best, confirmed = confirm_best(ranked, workload, space, args)
@@ -577,6 +591,7 @@ class Task:
     val: Subset
     test: Subset
     example: torch.Tensor
+    rescore_val: Dataset | None = None  # samples a re-score scores on (None: validation)
     spaces: dict[str, SearchSpace] = field(default_factory=dict)
     table_scale: dict[str, float] = field(default_factory=dict)  # each strategy starts from it
     table_s: dict[str, float] = field(default_factory=dict)
@@ -597,13 +612,20 @@ def load_task(case: Case, args: argparse.Namespace) -> Task:
     val = Subset(data.test, range(n_val))
     test = Subset(data.test, range(n_val, min(n_test, n_val + args.test)))
     example = data.test[0][0].unsqueeze(0).clone()  # type: ignore[index]
-    task = Task(case, model.eval(), str(weights), data, val, test, example)
+    # a re-score ranks plans on more samples: the validation ones, then those after the test
+    # split (the final test samples stay unseen until the final run)
+    after = range(n_val + len(test), min(n_test, n_val + len(test) + args.rescore_val - n_val))
+    rescore_val: Dataset | None = None
+    if len(after):
+        rescore_val = ConcatDataset([val, Subset(data.test, after)])
+    task = Task(case, model.eval(), str(weights), data, val, test, example, rescore_val)
     metrics = evaluate(model, test, batch_size=256)
     task.dense = {
         "test_accuracy": metrics.accuracy,
         "flops": int(count_flops(model, example)),  # type: ignore[arg-type]
         "params": count_params(model),
         "n_val": len(val),
+        "n_rescore_val": len(rescore_val) if rescore_val is not None else len(val),
         "n_test": len(test),
         "n_train": len(data.train),  # type: ignore[arg-type]
     }
@@ -734,8 +756,9 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
                 models[strategy] = found.pop("model")
             else:
                 found = run_strategy(
-                    strategy, space, workload, seed, args, task.table_scale.get(key, 1.0)
-                )
+                    strategy, space, workload, seed, args, task.table_scale.get(key, 1.0),
+                    task.rescore_val,
+                )  # fmt: skip
                 plan = found.pop("plan")
                 models[strategy] = apply_plan(
                     task.model, plan, task.example, graph=workload.graph
@@ -1181,7 +1204,14 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         + (
             f" **Re-scored:** the {args.rescore} most accurate of them are evaluated again with "
             f"{args.rescore_steps} fine-tune steps (`amc.choose.rescore`, otherwise as in the "
-            "search) and the best of that is chosen."
+            "search)"
+            + (
+                f", scored on up to {args.rescore_val} held-out samples (the validation ones, "
+                "then those after the final test samples, never these)"
+                if args.rescore_val > args.val
+                else ""
+            )
+            + ", and the best of that is chosen."
             if args.rescore > 1
             else ""
         )
@@ -1232,7 +1262,13 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
             f"Model {case_state['model']} on {case_state['data']} {case_state['input_shape']}; "
             f"baseline `{Path(case_state.get('weights', '')).name}`; dense test accuracy "
             f"{dense.get('test_accuracy', math.nan):.2%}; train {dense.get('n_train')} / "
-            f"validation {dense.get('n_val')} / test {dense.get('n_test')} samples."
+            f"validation {dense.get('n_val')} / test {dense.get('n_test')} samples"
+            + (
+                f" / re-score {dense['n_rescore_val']} samples"
+                if dense.get("n_rescore_val", 0) > dense.get("n_val", 0)
+                else ""
+            )
+            + "."
         )
         lines.append("")
         for key, target_state in case_state["targets"].items():
@@ -1282,12 +1318,14 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
                 )
             aims = per_seed(
                 runs, "aimed",
-                lambda v: f"x{v['scale']:.2f} -> {v['ratio']:.3f}{'' if v['fits'] else ' (over)'}",
+                lambda v: f"x{v['scale']:.2f}{aim_growth(v)} -> {v['ratio']:.3f}"
+                + ("" if v["fits"] else " (over)"),
             )  # fmt: skip
             if aims:
                 lines.append(
-                    "- aimed by measurement (removed-fraction factor -> measured ratio to dense, "
-                    "per seed; factor < 1 grew the plan): " + aims
+                    "- aimed by measurement (removed-fraction factor, then units grown one by "
+                    "one toward the next factor's plan -> measured ratio to dense, per seed; "
+                    "factor < 1 grew the plan): " + aims
                 )
             peers = [
                 f"{LABELS[s]} pruning_ratio "
@@ -1327,6 +1365,13 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
     path = out / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def aim_growth(aimed: dict[str, Any]) -> str:
+    """``+N units`` where the aim grew units one by one after its factor (older raw files:
+    none)."""
+    grown = aimed.get("grown") or 0
+    return f" +{grown} unit{'s' if grown > 1 else ''}" if grown else ""
 
 
 def per_seed(runs: list[dict[str, Any]], key: str, show: Any) -> str:

@@ -90,6 +90,9 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
         for name, ratio in run["latency_ratio"][batch].items():
             assert ratio == pytest.approx(timed[name] / timed["dense"])
     assert raw["cases"]["resnet56-cifar10"]["skipped"].startswith("resnet56 on CIFAR-10")
+    # re-scores score on more samples than the search: validation ones, then those after test
+    dense = raw["cases"]["resnet20-synthetic"]["dense"]
+    assert dense["n_val"] == 64 < dense["n_rescore_val"] <= 96  # as many as there are
     assert elapsed < 60, f"the quick run took {elapsed:.0f} CPU s"
 
 
