@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     loader = argparse.Namespace(
         cifar10=None, baseline_epochs=args.baseline_epochs, runs=args.runs, val=args.val,
-        test=args.test,
+        test=args.test, rescore_val=args.val,  # no re-score here: no samples beyond validation
     )  # fmt: skip
     task = benchmark.load_task(benchmark.CASES[args.case], loader)
     splits = DataSplits(
