@@ -217,6 +217,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--baseline-epochs", type=int, default=None, help="epochs of the dense baseline")
     add("--lower-bound", type=float, default=0.2, help="smallest keep ratio of a unit (AMC)")
     add(
+        "--round-to",
+        type=int,
+        default=1,
+        help="our plans keep channel counts in multiples of this (round_to: in amc search); "
+        "CPU kernels time channels in steps (8 on AVX2), so a count just over a multiple costs "
+        "nearly the next one. Torch-Pruning's peers keep their default (no rounding)",
+    )
+    add(
         "--spread",
         type=float,
         default=1.0,
@@ -305,6 +313,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--final-seeds must be at least 1, got {args.final_seeds}")
     if not 0.0 < args.spread <= 1.0:
         parser.error(f"--spread must be in (0, 1] (1: the whole box), got {args.spread:g}")
+    if args.round_to < 1:
+        parser.error(
+            f"--round-to must be a positive channel count (1: no rounding), got {args.round_to}"
+        )
     args.case_names = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = [name for name in args.case_names if name not in CASES]
     if unknown:
@@ -663,7 +675,7 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
     start = time.perf_counter()
     build = functools.partial(
         SearchSpace.build, task.model, task.example, target, device="cpu",
-        lower_bound=args.lower_bound, graph=graph,
+        lower_bound=args.lower_bound, round_to=args.round_to, graph=graph,
     )  # fmt: skip
     if target.metric != "latency":
         task.spaces[key] = build()
@@ -672,7 +684,8 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
     example = task.example.repeat(batch, 1, 1, 1)
     table = LatencyTable.measure(
         task.model, example, graph, "cpu", widths=args.table_widths, threads=args.threads,
-        progress=False, lower_bound=args.lower_bound, kernel_options=args.kernel_options,
+        progress=False, lower_bound=args.lower_bound, round_to=args.round_to,
+        kernel_options=args.kernel_options,
         kernels=args.latency_model not in ("blocks", "line"), **args.lat_search,
     )  # fmt: skip
     build = functools.partial(build, latency_table=table)
@@ -1189,6 +1202,7 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         f"({args.tp_iterations} steps) on measured FLOPs or measured latency. Their search wall "
         "time is that bisection.",
         f"- Our search space: AMC lower bound {args.lower_bound:g}"
+        + (f"; channel counts in multiples of {args.round_to}" if args.round_to > 1 else "")
         + (
             f"; tpe and nsga2 sample a box around the uniform plan (`spread` {args.spread:g}: "
             f"each unit removes {1 - args.spread:g}-{1 + args.spread:g}x the uniform fraction "
@@ -1428,13 +1442,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         key: getattr(args, key)
         for key in ("evals", "finetune_steps", "final_steps", "final_seeds", "val", "test", "lr",
                     "batch_size", "lower_bound", "rounds", "batches", "baseline_epochs",
-                    "threads", "bn_batches", "spread")
+                    "threads", "bn_batches", "spread", "round_to")
     }  # fmt: skip
     state["settings"] = settings
     state["commands"] = [state["command"]]
     if args.resume and raw_path.is_file():
         previous = json.loads(raw_path.read_text())
-        old = {"final_seeds": 1, "spread": 1.0, **previous.get("settings", settings)}  # older
+        old = {
+            "final_seeds": 1,
+            "spread": 1.0,
+            "round_to": 1,
+            **previous.get("settings", settings),
+        }  # older
         if old != settings:
             raise SystemExit(f"error: --resume with other settings: {old} vs {settings}")
         state["cases"] = previous["cases"]

@@ -129,6 +129,31 @@ def test_spread_reaches_the_optuna_agents_and_is_checked(
     assert "--spread must be in (0, 1]" in capsys.readouterr().err
 
 
+def test_round_to_reaches_our_search_space_and_is_checked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    from amc.units import analyze
+    from amc.zoo import get_model
+
+    args = benchmark.parse_args(["--quick", "--round-to", "8"])
+    case = benchmark.CASES["resnet20-synthetic"]
+    model = get_model("resnet20", in_channels=1, num_classes=10).eval()
+    example = torch.randn(1, *case.input_shape)
+    task = benchmark.Task(case, model, "", None, None, None, example)  # type: ignore[arg-type]
+    target, batch = benchmark.parse_target("flops=0.4", 1)
+    space = benchmark.space_for(task, target, batch, args, analyze(model, example))
+    assert space.round_to == 8
+    plan = space.make_plan({unit: 0.37 for unit in space.names})
+    kept = [unit.channels for unit in plan.units.values() if unit.channels is not None]
+    assert kept and all(count % 8 == 0 for count in kept)
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.parse_args(["--quick", "--round-to", "0"])
+    assert exit_.value.code == 2
+    assert "--round-to must be a positive channel count" in capsys.readouterr().err
+
+
 def test_a_table_predicting_the_target_unreachable_starts_scaled_to_fit() -> None:
     import torch
 
