@@ -626,7 +626,8 @@ def load_task(case: Case, args: argparse.Namespace) -> Task:
     example = data.test[0][0].unsqueeze(0).clone()  # type: ignore[index]
     # a re-score ranks plans on more samples: the validation ones, then those after the test
     # split (the final test samples stay unseen until the final run)
-    after = range(n_val + len(test), min(n_test, n_val + len(test) + args.rescore_val - n_val))
+    start = n_val + len(test)
+    after = range(start, min(n_test, start + max(0, args.rescore_val - n_val)))
     rescore_val: Dataset | None = None
     if len(after):
         rescore_val = ConcatDataset([val, Subset(data.test, after)])
