@@ -21,7 +21,9 @@ Two overheads are reported, from each trial's ``EvalResult.times`` and the drive
   counting FLOPs/params (the service's own work), in BN recalibration and held-out evaluation
   (the evaluation protocol), and waiting for the device lock (latency isolation);
 - service: the share of worker time not spent evaluating at all (the driver's ask, tell, record
-  and checkpoint, Ray transport, idle workers), ``1 - sum(total) / (workers * wall)``.
+  and checkpoint, Ray transport, idle workers), ``1 - sum(total) / (workers * wall)``; and
+  the part of it that is the end of the budget: a worker idle after its last plan while the
+  other finishes the search's last one (``tail``), shown apart and subtracted in the next column.
 
 Time to first trial runs the `amc` console script in a subprocess and polls the storage.
 """
@@ -112,7 +114,26 @@ def throughput(
         "protocol": share("recalibrate", "evaluate"),
         "waiting": share("wait"),
         "service": 1 - total / (workers * outcome.elapsed_s),
+        "tail": tail_idle(trials) / (workers * outcome.elapsed_s),
     }
+
+
+def tail_idle(trials: list[Any]) -> float:
+    """Worker-seconds idle at the end of the search, when no plan was left to run: for each
+    worker, from its last recorded trial to the search's last one (0 with one worker).
+
+    This is part of ``service`` (every idle second is), but it is the episode budget running
+    out, not the driver's per-evaluation work: reported apart so the two can be told apart.
+    """
+    last: dict[str, Any] = {}
+    for trial in trials:
+        worker = trial.metrics.get("worker")
+        if worker and trial.finished and (worker not in last or trial.finished > last[worker]):
+            last[worker] = trial.finished
+    if not last:
+        return 0.0
+    end = max(last.values())
+    return sum((end - finished).total_seconds() for finished in last.values())
 
 
 def ratio_error(prepared: Any, trials: list[Any]) -> float:
@@ -189,7 +210,7 @@ def first_trial(args: argparse.Namespace, runs: Path, workers: int | None) -> di
     return marks
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument(
@@ -200,7 +221,15 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=None, help="keep results here")
     parser.add_argument("--starts", type=int, default=3, help="`amc search` starts timed each")
     parser.add_argument("--skip-throughput", action="store_true", help="time the start only")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="also write the tables, with the machine and versions, to this markdown file "
+        "(e.g. experiments/results/<date>-<host>-service.md)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.out is not None and args.out.suffix != ".md":
+        parser.error(f"--out must name a .md file, got {str(args.out)!r}")
+    load = os.getloadavg()[0]  # before this benchmark adds its own
     runs = args.runs or Path(tempfile.mkdtemp(prefix="amc-bench-"))
     runs.mkdir(parents=True, exist_ok=True)
 
@@ -227,36 +256,63 @@ def main() -> None:
         ray.shutdown()
 
     cores = os.cpu_count()
-    print(
+    lines = []
+    lines.append(
         f"\n{args.agent}, resnet20 on digits 1x16x16, {args.episodes} episodes, {cores} cores, "
-        f"load before start {os.getloadavg()[0]:.1f}\n"
+        f"load before start {load:.1f}\n"
     )
-    print(
+    lines.append(
         "| fine-tune steps | workers | isolation | evals | evals/min | speed-up | bound | "
         "eval s (median) | fine-tune s | latency s | lock wait s | apply+count | BN+evaluate | "
-        "lock wait | service overhead | latency ratio error |"
+        "lock wait | service overhead | of which end-of-budget tail | service overhead without "
+        "the tail | latency ratio error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         single = next(r for r in rows if r["steps"] == row["steps"] and r["workers"] == 1)
-        print(
+        lines.append(
             f"| {row['steps']} | {row['workers']} | {row['isolation']} | {row['evals']} | "
             f"{row['per_min']:.1f} | {row['per_min'] / single['per_min']:.2f}x | "
             f"{row['bound']:.2f}x | {row['eval_s']:.2f} | "
             f"{row['finetune_s']:.2f} | {row['latency_s']:.2f} | {row['wait_s']:.2f} | "
             f"{row['machinery']:.1%} | {row['protocol']:.1%} | {row['waiting']:.1%} | "
-            f"{row['service']:.1%} | {row['ratio_error']:.1%} |"
+            f"{row['service']:.1%} | {row['tail']:.1%} | {row['service'] - row['tail']:.1%} | "
+            f"{row['ratio_error']:.1%} |"
         )
-    print(
+    lines.append(
         f"\n| `amc search` (median of {args.starts}) | first trial started | "
         "first trial recorded (complete) | each start: started / complete |"
     )
-    print("|---|---|---|---|")
+    lines.append("|---|---|---|---|")
     for label, marks in starts.items():
         started = statistics.median(m["started"] for m in marks)
         complete = statistics.median(m["complete"] for m in marks)
         each = ", ".join(f"{m['started']:.1f} / {m['complete']:.1f}" for m in marks)
-        print(f"| {label} | {started:.1f} s | {complete:.1f} s | {each} |")
+        lines.append(f"| {label} | {started:.1f} s | {complete:.1f} s | {each} |")
+
+    report = "\n".join(lines)
+    print(report)
+    if args.out is not None:
+        write_report(args.out, report, argv)
+
+
+def write_report(path: Path, tables: str, argv: list[str] | None) -> None:
+    """The tables under a header naming the command, the machine and the versions."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+    from experiments.benchmark import machine
+
+    info = machine()
+    command = " ".join(["python experiments/bench_service.py", *(argv or sys.argv[1:])])
+    header = (
+        f"# Service benchmark — {time.strftime('%Y-%m-%d')} on {info['host']}\n\n"
+        f"Command: `{command}`  \n"
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}.  \n"
+        f"Versions: {info['versions']}.\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".md.tmp")
+    temporary.write_text(header + tables + "\n", encoding="utf-8")
+    temporary.replace(path)  # never a half-written report
 
 
 if __name__ == "__main__":
