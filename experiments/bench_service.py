@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments` when run as a script
+
 CONFIG = """
 model: resnet20
 data: digits
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         ray.shutdown()
 
     cores = os.cpu_count()
-    lines = []
+    lines: list[str] = []
     lines.append(
         f"\n{args.agent}, resnet20 on digits 1x16x16, {args.episodes} episodes, {cores} cores, "
         f"load before start {load:.1f}\n"
@@ -298,7 +300,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_report(path: Path, tables: str, argv: list[str] | None) -> None:
     """The tables under a header naming the command, the machine and the versions."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
     from experiments.benchmark import machine
 
     info = machine()
