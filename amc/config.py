@@ -104,6 +104,13 @@ class RayConfig(_Strict):
     # measurements: only measurements exclude each other, so a neighbour may fine-tune on
     # the other cores meanwhile (more evaluations per minute on a CPU node, noisier timings)
     isolation: Literal["exclusive", "measurements"] = "exclusive"
+    queue_ahead: int = Field(
+        1,
+        ge=0,
+        description="plans queued beyond one per worker, so a worker never waits for the "
+        "driver to record a result and ask for the next plan; 0 = each plan is asked after "
+        "the agent heard every finished one",
+    )
 
 
 class ExperimentConfig(_Strict):

@@ -324,6 +324,10 @@ class RayEvaluator(Evaluator):
         max_retries: times a plan is re-run after its worker died, before it fails.
         startup_timeout: seconds to wait for the workers to load the task.
         runtime_env: passed to ``ray.init`` (e.g. a ``working_dir`` for a remote cluster).
+        queue_ahead: plans ``run_search`` keeps queued beyond one per worker, so a worker
+            starts its next plan the moment it returns one instead of idling while the driver
+            records, tells and asks (about 0.1 s per evaluation with DDPG and SQLite). The
+            price: a plan asked ahead is chosen before the agent hears the latest result.
         wait: wait here for every worker to load the task. With False the workers load in
             the background while the caller prepares (``amc search`` builds its search space
             meanwhile); :meth:`wait_ready` waits later, and plans submitted before then queue.
@@ -344,13 +348,17 @@ class RayEvaluator(Evaluator):
         max_retries: int = 2,
         startup_timeout: float = 300.0,
         runtime_env: dict[str, Any] | None = None,
+        queue_ahead: int = 1,
         wait: bool = True,
     ) -> None:
         if isolation not in ISOLATION:
             raise ConfigError(f"isolation must be one of {ISOLATION}, got {isolation!r}.")
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}.")
+        if queue_ahead < 0:
+            raise ConfigError(f"queue_ahead must be >= 0, got {queue_ahead}.")
         self.spec = spec
+        self.queue_ahead = queue_ahead
         self.isolation = isolation
         self.max_retries = max_retries
         self.restarts = 0

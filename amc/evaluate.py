@@ -606,6 +606,9 @@ class Evaluator(Protocol):
     """
 
     capacity: int  # evaluations that run at once; submitting more queues them
+    # plans the search keeps queued beyond ``capacity``: a worker that finishes one starts the
+    # next at once, while the driver records the result, tells the agent and asks again
+    queue_ahead: int = 0
 
     def submit(self, tag: int, plan: PruningPlan) -> None:
         """Queue ``plan`` for evaluation under ``tag`` (unique among those not yet returned)."""

@@ -123,7 +123,12 @@ def start_evaluator(config: ExperimentConfig, spec: TaskSpec) -> Evaluator | Non
 
     ray = config.ray
     return RayEvaluator(
-        spec, workers=ray.workers, address=ray.address, isolation=ray.isolation, wait=False
+        spec,
+        workers=ray.workers,
+        address=ray.address,
+        isolation=ray.isolation,
+        queue_ahead=ray.queue_ahead,
+        wait=False,
     )
 
 

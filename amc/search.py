@@ -167,7 +167,8 @@ def run_search(
                 ctrl_c.check()
                 out_of_time = max_time is not None and time.monotonic() - started > max_time
                 wanted = episodes - completed - len(in_flight)
-                free = evaluator.capacity - len(in_flight)
+                # plans queued ahead (queue_ahead) start the moment a worker frees up
+                free = evaluator.capacity + getattr(evaluator, "queue_ahead", 0) - len(in_flight)
                 if wanted > 0 and free > 0 and not out_of_time:
                     count = min(wanted, free)
                     proposals = [requeue.pop(0) for _ in range(min(count, len(requeue)))]

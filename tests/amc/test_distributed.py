@@ -170,8 +170,23 @@ def test_config_isolation_reaches_the_ray_evaluator(monkeypatch: pytest.MonkeyPa
     text = "model: resnet20\ndata: digits\nray: {workers: 2, isolation: measurements}\n"
     config = load_config(None, text=text)
     experiment.start_evaluator(config, SPEC)
-    assert made == [{"workers": 2, "address": None, "isolation": "measurements", "wait": False}]
+    assert made == [
+        {
+            "workers": 2,
+            "address": None,
+            "isolation": "measurements",
+            "queue_ahead": 1,
+            "wait": False,
+        }
+    ]
     assert load_config(None, text="model: m\ndata: d\n").ray.isolation == "exclusive"
+
+
+def test_bad_queue_ahead_is_refused_before_ray_starts() -> None:
+    from amc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="queue_ahead must be >= 0, got -1"):
+        RayEvaluator(SPEC, workers=1, queue_ahead=-1)
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -227,7 +242,7 @@ def evaluator(ray_session: Any) -> Iterator[RayEvaluator]:
 @pytest.mark.ray
 def test_ray_and_local_evaluators_agree(evaluator: RayEvaluator) -> None:
     plans = _plans()
-    assert evaluator.capacity == 2
+    assert evaluator.capacity == 2 and evaluator.queue_ahead == 1
     remote = evaluate_all(evaluator, plans)
     with LocalEvaluator(SPEC) as local_evaluator:
         local = evaluate_all(local_evaluator, plans)

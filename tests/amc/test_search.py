@@ -236,6 +236,34 @@ def test_interrupt_and_resume_on_each_storage(prepared: Experiment, storage_url:
     assert after is not None and after["episode"] == 5 and after["n_updates"] > before["n_updates"]
 
 
+class DepthEvaluator(LocalEvaluator):
+    """A local evaluator that keeps ``queue_ahead`` plans queued and notes the queue depth."""
+
+    def __init__(self, *args: Any, queue_ahead: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue_ahead = queue_ahead
+        self.depths: list[int] = []
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, EvalResult]]:
+        self.depths.append(self.in_flight())
+        return super().poll(timeout)
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 2])
+def test_plans_queued_ahead_keep_workers_fed_and_add_no_episode(
+    prepared: Experiment, tmp_path: Path, ahead: int
+) -> None:
+    run = variant(prepared, f"sqlite:///{tmp_path}/amc.db", f"ahead-{ahead}", "random")
+    evaluator = DepthEvaluator(prepared.spec, workload=prepared.workload, queue_ahead=ahead)
+    record, outcome = experiment.search(run, progress=False, evaluator=evaluator)
+    # capacity 1 plus the plans queued ahead, until the budget runs out: never one too many
+    depth = 1 + ahead
+    expected = [min(depth, EPISODES - done) for done in range(EPISODES)]
+    assert evaluator.depths[:EPISODES] == expected  # then the uniform plan, evaluated alone
+    assert (outcome.completed, outcome.failed) == (EPISODES, 0)
+    assert_complete(record, EPISODES)
+
+
 class SwallowingEvaluator(LocalEvaluator):
     """A local evaluator whose n-th evaluation gets a Ctrl-C that the code under it swallows
     (as a finalizer or a C++ frame can), so the plan comes back as an ordinary failure."""
