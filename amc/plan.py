@@ -17,10 +17,14 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amc.errors import PlanFormatError, PlanMismatchError, did_you_mean
-from amc.units import Cost, UnitGraph, analyze
+
+# amc.units (torch, torch-pruning) is imported where a model is analysed, so reading and
+# writing plans, and the CLI commands that only do that, start without torch
+if TYPE_CHECKING:
+    from amc.units import Cost, UnitGraph
 
 PLAN_FORMAT = "amc.plan/1"
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation")
@@ -324,6 +328,8 @@ def uniform_plan(
     """
     if not 0.0 < keep_ratio <= 1.0:
         raise PlanFormatError(f"keep_ratio {keep_ratio} is outside (0, 1]; use e.g. 0.5.")
+    from amc.units import analyze
+
     graph = graph or analyze(model, example_inputs)
     units = {}
     for unit in graph.units:

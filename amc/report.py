@@ -17,13 +17,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from rich.table import Table
 
 from amc.plan import PruningPlan
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from amc.study import SearchRecord, TrialRecord
 
 DPI = 100
@@ -52,6 +52,8 @@ def keep_ratio_plot(
     Plans are :class:`PruningPlan` objects or ``{unit: keep_ratio}`` mappings; units missing
     from a plan are drawn at 1.0 (kept whole). N:M patterns are written above their bars.
     """
+    from matplotlib.figure import Figure  # here: listing studies needs no matplotlib
+
     best = _ratios(best_plan, units)
     uniform = _ratios(uniform_plan, units)
     fig = Figure(figsize=keep_ratio_size(len(units)), dpi=DPI)
@@ -92,6 +94,9 @@ def search_curve_plot(
     title: str = "Search progress",
 ) -> Path:
     """The objective of each completed evaluation (dots) and the best so far (line)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=CURVE_SIZE, dpi=DPI)
     ax = fig.add_subplot()
     episodes = list(range(1, len(rewards_in_order) + 1))
@@ -126,6 +131,8 @@ def pareto_plot(
 
     Points are ``(latency_ms, accuracy, label)``; front points are labelled with theirs.
     """
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=PARETO_SIZE, dpi=DPI)
     ax = fig.add_subplot()
     if points:

@@ -44,8 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import safetensors.torch
-import torch
 from optuna.distributions import FloatDistribution
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
@@ -713,6 +711,9 @@ def package_versions() -> dict[str, str]:
 
 def encode_agent_state(state: Mapping[str, Any]) -> bytes:
     """Nested dicts/lists of JSON values and tensors -> safetensors bytes (JSON in metadata)."""
+    import safetensors.torch
+    import torch
+
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(value: Any, path: str) -> Any:
@@ -754,6 +755,8 @@ def decode_agent_state(blob: bytes) -> dict[str, Any]:
         raise StorageError(
             f"An agent checkpoint is not in format {AGENT_STATE_FORMAT!r}; resume without it."
         )
+    import safetensors.torch
+
     tensors = safetensors.torch.load(blob)
 
     def walk(value: Any) -> Any:

@@ -37,3 +37,17 @@ def test_import_and_the_cli_module_do_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_reading_studies_and_plans_does_not_import_torch_or_matplotlib() -> None:
+    """`amc studies`, `show` and `export` read the study and plans before anything needs torch;
+    the plots import matplotlib, and analysing a model imports torch, when they run."""
+    code = (
+        "import sys, amc.study, amc.report, amc.plan; "
+        "print(*(m in sys.modules for m in ('torch', 'torch_pruning', 'matplotlib'))); "
+        "amc.study.encode_agent_state({'x': 1}); print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "False", "False", "True"]
