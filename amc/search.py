@@ -135,7 +135,8 @@ def run_search(
         record: the study (:class:`amc.study.SearchRecord`) every evaluation is recorded in.
         episodes: completed trials the study should hold at the end.
         reward: the reward form for single-objective agents (err, flops, latency, accuracy).
-        max_time: wall-time budget in seconds.
+        max_time: wall-time budget in seconds: no plan is asked after it; plans already in
+            flight, the ones queued ahead (``evaluator.queue_ahead``) included, still finish.
         progress: show a live bar with episodes, best-so-far, evals/min and ETA.
         on_result: called with each (proposal, result) as it is recorded, before the agent
             is told (e.g. to calibrate the latency estimate the agent's next plans use).
