@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,11 +79,24 @@ def best_rescored(plans: Sequence[PruningPlan], results: Sequence[EvalResult]) -
 
 
 def latency_meter(
-    workload: Workload, *, min_run_time: float | None = None, rounds: int | None = None
+    workload: Workload,
+    *,
+    min_run_time: float | None = None,
+    rounds: int | None = None,
+    repeats: int = 1,
 ) -> Callable[[PruningPlan], float]:
     """A measurement for :func:`aim`: the plan's latency over the dense model's, both timed in
     one interleaved run on the workload's device, batch size and threads (by default as long
-    as the search's measurements; longer ones read steadier)."""
+    as the search's measurements; longer ones read steadier).
+
+    ``repeats``: the median ratio of that many interleaved runs. A burst of a neighbour's work
+    that outlasts a run's blocks moves one run's ratio, not the median of three: on the
+    project's 2-core VM (mobilenetv2 at batch 32, a plan near half the dense latency) single
+    runs strayed up to 6.9% from the median on a quiet stretch, medians of three up to 2.8%;
+    on a busy one the readings' std went from 0.041 to 0.025
+    (``experiments/results/2026-12-07-vm-aim-repeats.md``)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (interleaved runs per reading), got {repeats}.")
     spec = workload.spec
 
     def measure(plan: PruningPlan) -> float:
@@ -90,13 +104,16 @@ def latency_meter(
             pruned = apply_plan(
                 workload.model, plan, workload.example_inputs, spec.criterion, graph=workload.graph
             ).eval()
-        cut, dense = measure_interleaved(
-            [pruned, workload.model], workload.example_inputs, spec.device,
-            batch_size=spec.latency_batch_size, threads=spec.threads, warmup=spec.latency_warmup,
-            min_run_time=min_run_time or spec.latency_min_run_time,
-            rounds=rounds or spec.latency_repeats,
-        )  # fmt: skip
-        return cut.median_ms / dense.median_ms
+        ratios = []
+        for _ in range(repeats):
+            cut, dense = measure_interleaved(
+                [pruned, workload.model], workload.example_inputs, spec.device,
+                batch_size=spec.latency_batch_size, threads=spec.threads,
+                warmup=spec.latency_warmup, min_run_time=min_run_time or spec.latency_min_run_time,
+                rounds=rounds or spec.latency_repeats,
+            )  # fmt: skip
+            ratios.append(cut.median_ms / dense.median_ms)
+        return statistics.median(ratios)
 
     return measure
 

@@ -65,6 +65,12 @@ class ChooseConfig(_Strict):
         "fractions scaled by one factor, bisected on the measured latency ratio)",
     )
     aim_steps: int = Field(8, ge=0, description="bisection steps of aim")
+    aim_repeats: int = Field(
+        3,
+        ge=1,
+        description="interleaved latency runs per aim measurement; their median ratio is read "
+        "(one run's ratio can be thrown off by a burst of other work)",
+    )
 
 
 class LatencyConfig(_Strict):

@@ -421,7 +421,9 @@ def _choose(
         }
     if choose.aim and experiment.space.target.metric == "latency":
         spec = experiment.spec
-        meter = latency_meter(workload, min_run_time=2 * spec.latency_min_run_time)
+        meter = latency_meter(
+            workload, min_run_time=2 * spec.latency_min_run_time, repeats=choose.aim_repeats
+        )
         aimed = aim(experiment.space, plan, meter, steps=choose.aim_steps)
         plan = aimed.plan
         for key in ("latency_ms", "latency_iqr_ms", "flops", "params", "size_bytes"):

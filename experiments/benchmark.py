@@ -6,7 +6,8 @@ For a trained baseline and one or more targets, in ONE process and one machine s
    ``GroupMagnitudeImportance(p=1)``, classifier ignored, ``max_pruning_ratio = 1 - lower
    bound``): uniform (``global_pruning=False``) and global (``global_pruning=True``) magnitude
    pruning, the ``pruning_ratio`` found by bisection on the MEASURED metric (FLOPs with
-   ``count_flops``, latency with ``measure_interleaved``, candidate and dense in alternation);
+   ``count_flops``, latency with ``measure_interleaved``, candidate and dense in alternation,
+   the median ratio of ``--aim-repeats`` runs, as ``--aim`` measures our plans);
 2. our strategies ``random``, ``uniform``, ``tpe``, ``nsga2``, ``ddpg``: each asks for the SAME
    number of plans (``--evals``), and every plan goes through the SAME in-process
    ``Workload.evaluate`` (apply, ``--finetune-steps`` of fine-tune, accuracy on a validation
@@ -274,6 +275,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "re-timing the --confirm best",
     )
     add("--aim-steps", type=int, default=None, help="bisection steps of --aim (default 8)")
+    add(
+        "--aim-repeats",
+        type=int,
+        default=None,
+        help="interleaved runs per measurement of --aim and of the peers' latency bisection; "
+        "the median ratio is read (default 3)",
+    )
     add("--time-budget", type=float, default=None, help="minutes; no new job starts after")
     add("--out", default=str(ROOT / "experiments" / "results"), help="results folder")
     add("--runs", default=str(ROOT / "runs"), help="cache folder (baselines, raw JSON)")
@@ -305,12 +313,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "rescore_steps": 3 if quick else 100,
         "rescore_val": 96 if quick else 5000,
         "aim_steps": 2 if quick else 8,
+        "aim_repeats": 1 if quick else 3,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.final_seeds < 1:
         parser.error(f"--final-seeds must be at least 1, got {args.final_seeds}")
+    if args.aim_repeats < 1:
+        parser.error(f"--aim-repeats must be at least 1 (runs per measurement), got "
+                     f"{args.aim_repeats}")  # fmt: skip
     if not 0.0 < args.spread <= 1.0:
         parser.error(f"--spread must be in (0, 1] (1: the whole box), got {args.spread:g}")
     if args.round_to < 1:
@@ -409,13 +421,16 @@ def tp_peer(model: nn.Module, example: torch.Tensor, target: Target, batch: int,
             return count_flops(pruned, example) / count_flops(model, example)  # type: ignore[operator]
         if target.metric == "params":
             return count_params(pruned) / count_params(model)
-        # measured like every searched plan: interleaved with the dense model
-        lat = args.lat_search
-        pruned_stats, dense_stats = measure_interleaved(
-            [pruned, model], example, batch_size=batch, threads=args.threads,
-            warmup=lat["warmup"], min_run_time=lat["min_run_time"], rounds=lat["repeats"],
-        )  # fmt: skip
-        return pruned_stats.median_ms / dense_stats.median_ms
+        # measured as --aim measures our plans: interleaved with the dense model, the median
+        # ratio of --aim-repeats runs (amc.choose.latency_meter)
+        lat, ratios = args.lat_final, []
+        for _ in range(args.aim_repeats):
+            pruned_stats, dense_stats = measure_interleaved(
+                [pruned, model], example, batch_size=batch, threads=args.threads,
+                warmup=lat["warmup"], min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"],
+            )  # fmt: skip
+            ratios.append(pruned_stats.median_ms / dense_stats.median_ms)
+        return statistics.median(ratios)
 
     low, high = 0.0, max_ratio
     best: tuple[float, nn.Module, float] | None = None
@@ -525,8 +540,9 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         best = best or fallback  # none measured within the target: aiming shrinks it to fit
         lat = args.lat_final
         measure = latency_meter(
-            workload, min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"]
-        )
+            workload, min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"],
+            repeats=args.aim_repeats,
+        )  # fmt: skip
         found = aim(space, best[1], measure, steps=args.aim_steps)
         aimed = {"scale": found.scale, "ratio": found.ratio, "fits": found.fits,
                  "tried": [list(pair) for pair in found.tried], "grown": found.grown,
@@ -1200,8 +1216,8 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         "- Peers: Torch-Pruning `MetaPruner(GroupMagnitudeImportance(p=1), ignored_layers="
         f"[classifier], max_pruning_ratio={1 - args.lower_bound:g})`, uniform "
         "(`global_pruning=False`) and global (`global_pruning=True`); `pruning_ratio` bisected "
-        f"({args.tp_iterations} steps) on measured FLOPs or measured latency. Their search wall "
-        "time is that bisection.",
+        f"({args.tp_iterations} steps) on measured FLOPs or measured latency (latency: measured "
+        "as our aim measures, below). Their search wall time is that bisection.",
         f"- Our search space: AMC lower bound {args.lower_bound:g}"
         + (f"; channel counts in multiples of {args.round_to}" if args.round_to > 1 else "")
         + (
@@ -1233,7 +1249,8 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         + (
             " **Aimed** (latency targets): the chosen plan's removed fractions are scaled by one "
             f"factor, bisected ({args.aim_steps} steps) on its latency measured against the "
-            "dense model (twice the final run's block length), and the largest plan measured at "
+            "dense model (twice the final run's block length; each measurement the median "
+            f"ratio of {args.aim_repeats} interleaved run(s)), and the largest plan measured at "
             "or under the target is taken (`amc.choose.aim`, as TP's bisection sizes its plans)."
             if args.aim
             else (

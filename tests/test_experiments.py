@@ -144,6 +144,7 @@ def tiny_overrides(
         "latency.table_kernel_grid": 3,  # the kernel table on a coarse grid
         "choose.rescore_steps": min(config.choose.rescore_steps, 2),
         "choose.aim_steps": min(config.choose.aim_steps, 2),
+        "choose.aim_repeats": 1,
         "runs_dir": str(runs),
         "storage": f"sqlite:///{storage_dir / 'amc.db'}",
         "study": study,

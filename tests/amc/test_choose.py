@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -207,3 +208,27 @@ def test_latency_meter_times_the_plan_against_the_dense_model(workload: Workload
     small = space.make_plan({u.name: space.lower_bound for u in space.units})
     ratio = latency_meter(workload, min_run_time=0.02, rounds=2)(small)
     assert math.isfinite(ratio) and 0 < ratio < 5
+
+
+def test_latency_meter_reads_the_median_of_its_repeats(
+    workload: Workload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One run's ratio thrown off by a burst (here 2.0) does not move the median of three."""
+    readings = iter([(0.5, 1.0), (2.0, 1.0), (0.45, 0.9)])  # ratios 0.5, 2.0, 0.5
+    calls = []
+
+    def interleaved(models, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(models))
+        cut, dense = next(readings)
+        return SimpleNamespace(median_ms=cut), SimpleNamespace(median_ms=dense)
+
+    monkeypatch.setattr("amc.choose.measure_interleaved", interleaved)
+    space = SearchSpace.build(
+        workload.model, workload.example_inputs, "latency=0.9", graph=workload.graph,
+        latency_table=LatencyTable.synthetic(workload.graph),
+    )  # fmt: skip
+    plan = space.make_plan({u.name: space.lower_bound for u in space.units})
+    assert latency_meter(workload, repeats=3)(plan) == pytest.approx(0.5)
+    assert calls == [2, 2, 2]  # three runs, each the plan against the dense model
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        latency_meter(workload, repeats=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -63,3 +64,36 @@ def test_a_latency_target_times_kernels_on_the_configured_grid_and_the_study_kee
     plain = experiment.prepare(without, progress=False)
     assert grids == [3]  # not timed again
     assert plain.space.latency_table is not None and plain.space.latency_table.kernels is None
+
+
+def test_the_aim_reads_the_median_of_the_configured_repeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`choose.aim_repeats` reaches the meter that sizes the delivered plan."""
+    import amc.choose
+
+    repeats: list[int] = []
+    meter = amc.choose.latency_meter
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        repeats.append(kwargs["repeats"])
+        return meter(*args, **kwargs)
+
+    monkeypatch.setattr(amc.choose, "latency_meter", spy)
+    overrides = {
+        "runs_dir": str(tmp_path / "runs"),
+        "storage": f"sqlite:///{tmp_path}/amc.db",
+        "latency.table_kernels": False,
+        "target": "latency=0.9",
+        "choose.aim": True,
+        "choose.aim_steps": 1,
+        "choose.aim_repeats": 2,
+    }
+    prepared = experiment.prepare(load_config(None, overrides, text=CONFIG), progress=False)
+    space = prepared.space
+    plan = space.make_plan({unit.name: 1.0 for unit in space.units})
+    trial = SimpleNamespace(number=0, plan=plan, metrics={"accuracy": 0.5})
+    _, aimed, metrics, chosen = experiment._choose(prepared, [trial], progress=False)
+    assert repeats == [2]
+    assert chosen["aim"]["tried"] and metrics["latency_ratio"] == chosen["aim"]["ratio"]
+    assert aimed.provenance["aim"]["measured"] == round(chosen["aim"]["ratio"], 4)
