@@ -129,6 +129,7 @@ class Aimed:
     tried: list[tuple[float, float]] = field(default_factory=list)  # (scale, measured ratio)
     grown_tried: list[tuple[int, float]] = field(default_factory=list)  # (units, ratio)
     grown: int = 0  # units then given the next larger factor's channels, one by one (_fill)
+    rechecked: list[tuple[float, float]] = field(default_factory=list)  # (first, fresh reading)
 
 
 def aim(
@@ -137,6 +138,7 @@ def aim(
     measure: Callable[[PruningPlan], float],
     *,
     steps: int = AIM_STEPS,
+    confirm: int = 0,
 ) -> Aimed:
     """The plan of ``plan``'s shape that measures closest under the space's target.
 
@@ -157,9 +159,23 @@ def aim(
         measure: plan -> its measured cost as a fraction of the dense model's (for latency
             targets :func:`latency_meter`).
         steps: bisection steps after the first measurements.
+        confirm: re-read the pick up to this many times (:func:`_confirm`): the largest plan
+            measured under the target is, among plans near it, the one whose reading came out
+            low, so a fresh reading of it is on average higher (the winner's curse); the
+            first plan whose fresh reading is also at or under the target is taken, with that
+            reading as its ratio.
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}.")
+    if steps < 0 or confirm < 0:
+        raise ValueError(
+            f"steps must be >= 0 and confirm >= 0, got steps={steps}, confirm={confirm}."
+        )
+    readings: list[tuple[PruningPlan, float]] = []  # every plan measured, with its reading
+
+    def read(candidate: PruningPlan) -> float:
+        value = float(measure(candidate))
+        readings.append((candidate, value))
+        return value
+
     keep = {name: unit.keep_ratio for name, unit in plan.units.items()}
     nm_choices = {name: unit.nm is not None for name, unit in plan.units.items()}
     target = space.target.fraction
@@ -174,7 +190,7 @@ def aim(
         return made[scale]
 
     def measured(scale: float) -> float:
-        ratio = float(measure(at(scale)))
+        ratio = read(at(scale))
         tried.append((scale, ratio))
         return ratio
 
@@ -196,13 +212,55 @@ def aim(
             high, high_ratio = middle, ratio
         else:
             low = middle
-    if steps == 0:
-        return _aimed(at(high), high_ratio, high, True, tried)
     grown: list[tuple[int, float]] = []
-    fitted, fitted_ratio, units = _fill(
-        space, at(high), high_ratio, at(low), nm_choices, target, measure, grown
-    )
-    return _aimed(fitted, fitted_ratio, high, True, tried, grown, units)
+    fitted, fitted_ratio, units = at(high), high_ratio, 0
+    labels = {at(scale).key(): (scale, 0) for scale, _ in tried}  # plan -> (factor, grown)
+    if steps > 0:
+        before = len(readings)
+        fitted, fitted_ratio, units = _fill(
+            space, fitted, fitted_ratio, at(low), nm_choices, target, read, grown
+        )
+        for (grown_plan, _), (count, _) in zip(readings[before:], grown, strict=True):
+            labels[grown_plan.key()] = (high, count)
+    rechecked: list[tuple[float, float]] = []
+    if confirm:
+        fitted, fitted_ratio = _confirm(
+            fitted, fitted_ratio, readings, target, measure, confirm, rechecked
+        )
+        high, units = labels.get(fitted.key(), (high, units))
+    return _aimed(fitted, fitted_ratio, high, True, tried, grown, units, rechecked)
+
+
+def _confirm(
+    pick: PruningPlan,
+    pick_ratio: float,
+    readings: list[tuple[PruningPlan, float]],
+    target: float,
+    measure: Callable[[PruningPlan], float],
+    confirm: int,
+    rechecked: list[tuple[float, float]],
+) -> tuple[PruningPlan, float]:
+    """Re-read the pick, then the next plans measured under the target (closest to it
+    first), up to ``confirm`` of them; the first whose fresh reading is at or under the
+    target is returned with that reading. If none is, the next plan not re-read (its one
+    reading under the target), else the re-read one whose fresh reading was lowest.
+    ``rechecked`` gets (first reading, fresh reading) for every plan re-read."""
+    seen = {pick.key()}
+    candidates = [(pick, pick_ratio)]
+    for plan, value in sorted(readings, key=lambda pair: -pair[1]):
+        if value <= target and plan.key() not in seen:
+            seen.add(plan.key())
+            candidates.append((plan, value))
+    fresh_of: list[tuple[PruningPlan, float]] = []
+    for plan, first in candidates[:confirm]:
+        fresh = float(measure(plan))
+        rechecked.append((first, fresh))
+        if fresh <= target:
+            return plan, fresh
+        fresh_of.append((plan, fresh))
+    if len(candidates) > confirm:
+        return candidates[confirm]
+    return min(fresh_of, key=lambda pair: pair[1])
 
 
 def _fill(
@@ -259,10 +317,14 @@ def _aimed(
     tried: list[tuple[float, float]],
     grown_tried: list[tuple[int, float]] | None = None,
     grown: int = 0,
+    rechecked: list[tuple[float, float]] | None = None,
 ) -> Aimed:
     aimed: dict[str, Any] = {"scale": round(scale, 4), "measured": round(ratio, 4)}
     if grown:
         aimed["grown_units"] = grown
+    if rechecked:
+        aimed["rechecked"] = len(rechecked)
     return Aimed(
-        plan.with_provenance(aim=aimed), ratio, scale, fits, tried, grown_tried or [], grown
-    )
+        plan.with_provenance(aim=aimed), ratio, scale, fits, tried, grown_tried or [], grown,
+        rechecked or [],
+    )  # fmt: skip

@@ -71,6 +71,13 @@ class ChooseConfig(_Strict):
         description="interleaved latency runs per aim measurement; their median ratio is read "
         "(one run's ratio can be thrown off by a burst of other work)",
     )
+    aim_confirm: int = Field(
+        2,
+        ge=0,
+        description="re-read the aimed plan (then the next plans under the target) up to this "
+        "many times and take the first whose fresh reading is also under the target: the "
+        "largest plan read under it is the one whose reading came out low",
+    )
 
 
 class LatencyConfig(_Strict):

@@ -424,7 +424,9 @@ def _choose(
         meter = latency_meter(
             workload, min_run_time=2 * spec.latency_min_run_time, repeats=choose.aim_repeats
         )
-        aimed = aim(experiment.space, plan, meter, steps=choose.aim_steps)
+        aimed = aim(
+            experiment.space, plan, meter, steps=choose.aim_steps, confirm=choose.aim_confirm
+        )
         plan = aimed.plan
         for key in ("latency_ms", "latency_iqr_ms", "flops", "params", "size_bytes"):
             metrics.pop(key, None)  # the trial's plan's: this one is measured (and counted) here
@@ -435,7 +437,8 @@ def _choose(
         chosen["aim"] = {"scale": aimed.scale, "ratio": aimed.ratio, "fits": aimed.fits,
                          "tried": [list(pair) for pair in aimed.tried],
                          "grown": aimed.grown,
-                         "grown_tried": [list(pair) for pair in aimed.grown_tried]}  # fmt: skip
+                         "grown_tried": [list(pair) for pair in aimed.grown_tried],
+                         "rechecked": [list(pair) for pair in aimed.rechecked]}  # fmt: skip
     return trial, plan, metrics, chosen
 
 

@@ -282,6 +282,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="interleaved runs per measurement of --aim and of the peers' latency bisection; "
         "the median ratio is read (default 3)",
     )
+    add(
+        "--aim-confirm",
+        type=int,
+        default=None,
+        help="re-read the aimed plan, then the next ones under the target, up to this many "
+        "times; the first read under the target again is taken (default 2, 0: off)",
+    )
     add("--time-budget", type=float, default=None, help="minutes; no new job starts after")
     add("--out", default=str(ROOT / "experiments" / "results"), help="results folder")
     add("--runs", default=str(ROOT / "runs"), help="cache folder (baselines, raw JSON)")
@@ -314,12 +321,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "rescore_val": 96 if quick else 5000,
         "aim_steps": 2 if quick else 8,
         "aim_repeats": 1 if quick else 3,
+        "aim_confirm": 1 if quick else 2,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.final_seeds < 1:
         parser.error(f"--final-seeds must be at least 1, got {args.final_seeds}")
+    if args.aim_confirm < 0:
+        parser.error(f"--aim-confirm must be >= 0 (0: off), got {args.aim_confirm}")
     if args.aim_repeats < 1:
         parser.error(f"--aim-repeats must be at least 1 (runs per measurement), got "
                      f"{args.aim_repeats}")  # fmt: skip
@@ -543,10 +553,11 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
             workload, min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"],
             repeats=args.aim_repeats,
         )  # fmt: skip
-        found = aim(space, best[1], measure, steps=args.aim_steps)
+        found = aim(space, best[1], measure, steps=args.aim_steps, confirm=args.aim_confirm)
         aimed = {"scale": found.scale, "ratio": found.ratio, "fits": found.fits,
                  "tried": [list(pair) for pair in found.tried], "grown": found.grown,
-                 "grown_tried": [list(pair) for pair in found.grown_tried]}  # fmt: skip
+                 "grown_tried": [list(pair) for pair in found.grown_tried],
+                 "rechecked": [list(pair) for pair in found.rechecked]}  # fmt: skip
         best = (best[0], found.plan, best[2])
     elif calibrated and args.confirm and ranked:
         best, confirmed = confirm_best(ranked, workload, space, args)
@@ -1251,7 +1262,14 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
             f"factor, bisected ({args.aim_steps} steps) on its latency measured against the "
             "dense model (twice the final run's block length; each measurement the median "
             f"ratio of {args.aim_repeats} interleaved run(s)), and the largest plan measured at "
-            "or under the target is taken (`amc.choose.aim`, as TP's bisection sizes its plans)."
+            "or under the target is taken (`amc.choose.aim`, as TP's bisection sizes its plans)"
+            + (
+                f"; that pick is read again, and if the fresh reading is over the target the "
+                f"next plans read under it are, up to {args.aim_confirm} re-readings: the first "
+                "under the target again is taken, with its fresh reading."
+                if args.aim_confirm
+                else "."
+            )
             if args.aim
             else (
                 f" For latency targets the {args.confirm} most accurate are timed again, longer "
@@ -1351,13 +1369,14 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
             aims = per_seed(
                 runs, "aimed",
                 lambda v: f"x{v['scale']:.2f}{aim_growth(v)} -> {v['ratio']:.3f}"
-                + ("" if v["fits"] else " (over)"),
+                + ("" if v["fits"] else " (over)") + aim_rechecks(v),
             )  # fmt: skip
             if aims:
                 lines.append(
                     "- aimed by measurement (removed-fraction factor, then units grown one by "
                     "one toward the next factor's plan -> measured ratio to dense, per seed; "
-                    "factor < 1 grew the plan): " + aims
+                    "factor < 1 grew the plan; re-read: first reading -> fresh one of the pick "
+                    "and the plans tried after it): " + aims
                 )
             peers = [
                 f"{LABELS[s]} pruning_ratio "
@@ -1397,6 +1416,12 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
     path = out / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def aim_rechecks(aimed: dict[str, Any]) -> str:
+    """`` (re-read 0.398 -> 0.412, 0.391 -> 0.395)``: the aim's confirmations, if any."""
+    pairs = aimed.get("rechecked") or []
+    return f" (re-read {', '.join(f'{a:.3f} -> {b:.3f}' for a, b in pairs)})" if pairs else ""
 
 
 def aim_growth(aimed: dict[str, Any]) -> str:

@@ -130,6 +130,46 @@ def test_aim_grows_units_one_by_one_where_a_factor_step_moves_many(
     assert aim(space, plan, measure, steps=0).grown == 0
 
 
+def lucky_first(model: torch.nn.Module, luck: float):  # type: ignore[no-untyped-def]
+    """A meter whose first reading of each plan comes out ``luck`` times its FLOPs ratio
+    (a reading that happened to run fast), and every later one true."""
+    true, seen = measured_flops(model), set()
+
+    def measure(plan: PruningPlan) -> float:
+        first = plan.key() not in seen
+        seen.add(plan.key())
+        return (luck if first else 1.0) * true(plan)
+
+    return measure
+
+
+def test_aim_confirms_its_pick_with_a_fresh_reading(model: torch.nn.Module) -> None:
+    """The largest plan read under the target is the one whose reading came out low (the
+    winner's curse): without a fresh reading it lands over the target in truth."""
+    space, true = flops_space(model, 0.5), measured_flops(model)
+    plan = shaped_plan(space)
+    blind = aim(space, plan, lucky_first(model, 0.92))
+    assert not blind.rechecked and 0.5 < true(blind.plan) <= 0.5 / 0.92
+
+    sure = aim(space, plan, lucky_first(model, 0.92), confirm=20)
+    assert true(sure.plan) <= 0.5 and sure.ratio == pytest.approx(true(sure.plan))
+    assert sure.rechecked[0][0] == pytest.approx(blind.ratio)  # the blind pick, re-read first
+    assert all(first <= 0.5 for first, _ in sure.rechecked)
+    assert [fresh <= 0.5 for _, fresh in sure.rechecked][-1]  # the last re-read one is taken
+    assert sure.plan.provenance["aim"]["rechecked"] == len(sure.rechecked)
+    # an honest meter confirms the pick at once: one extra reading, the same plan
+    honest = aim(space, plan, measured_flops(model), confirm=2)
+    assert len(honest.rechecked) == 1
+    assert honest.plan.key() == aim(space, plan, measured_flops(model)).plan.key()
+
+
+def test_aim_takes_the_next_unread_plan_when_no_pick_confirms(model: torch.nn.Module) -> None:
+    space = flops_space(model, 0.5)
+    once = aim(space, shaped_plan(space), lucky_first(model, 0.92), confirm=1)
+    assert len(once.rechecked) == 1 and once.rechecked[0][1] > 0.5  # refused
+    assert once.ratio <= 0.5  # the next plan read under the target, on its one reading
+
+
 def test_aim_says_when_even_the_lower_bound_measures_over(model: torch.nn.Module) -> None:
     space = flops_space(model, 0.5)
     aimed = aim(space, shaped_plan(space), measured_flops(model, 50.0))
@@ -144,6 +184,8 @@ def test_aim_refuses_negative_steps(model: torch.nn.Module) -> None:
     space = flops_space(model, 0.5)
     with pytest.raises(ValueError, match="steps must be >= 0"):
         aim(space, shaped_plan(space), measured_flops(model), steps=-1)
+    with pytest.raises(ValueError, match="confirm >= 0"):
+        aim(space, shaped_plan(space), measured_flops(model), confirm=-1)
 
 
 SPEC = TaskSpec(
