@@ -84,7 +84,6 @@ def test_the_aim_reads_the_median_of_the_configured_repeats(
         "runs_dir": str(tmp_path / "runs"),
         "storage": f"sqlite:///{tmp_path}/amc.db",
         "latency.table_kernels": False,
-        "target": "latency=0.9",
         "choose.aim": True,
         "choose.aim_steps": 1,
         "choose.aim_repeats": 2,
