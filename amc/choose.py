@@ -228,7 +228,8 @@ def aim(
             fitted, fitted_ratio, readings, target, measure, confirm, rechecked
         )
         high, units = labels.get(fitted.key(), (high, units))
-    return _aimed(fitted, fitted_ratio, high, True, tried, grown, units, rechecked)
+    fits = fitted_ratio <= target  # False only where every plan re-read came out over
+    return _aimed(fitted, fitted_ratio, high, fits, tried, grown, units, rechecked)
 
 
 def _confirm(
@@ -243,7 +244,8 @@ def _confirm(
     """Re-read the pick, then the next plans measured under the target (closest to it
     first), up to ``confirm`` of them; the first whose fresh reading is at or under the
     target is returned with that reading. If none is, the next plan not re-read (its one
-    reading under the target), else the re-read one whose fresh reading was lowest.
+    reading under the target), else the re-read one whose fresh reading was lowest (then
+    :func:`aim` says it does not fit).
     ``rechecked`` gets (first reading, fresh reading) for every plan re-read."""
     seen = {pick.key()}
     candidates = [(pick, pick_ratio)]

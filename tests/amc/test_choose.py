@@ -168,6 +168,19 @@ def test_aim_takes_the_next_unread_plan_when_no_pick_confirms(model: torch.nn.Mo
     once = aim(space, shaped_plan(space), lucky_first(model, 0.92), confirm=1)
     assert len(once.rechecked) == 1 and once.rechecked[0][1] > 0.5  # refused
     assert once.ratio <= 0.5  # the next plan read under the target, on its one reading
+    assert once.fits
+
+    read: set[tuple[object, ...]] = set()
+
+    def under_then_over(plan: PruningPlan) -> float:  # every plan re-reads over the target
+        if plan.key() in read:
+            return 0.6
+        read.add(plan.key())
+        return 0.45
+
+    none = aim(space, shaped_plan(space), under_then_over, confirm=100)
+    assert [fresh for _, fresh in none.rechecked] == [0.6] * len(read)  # every plan re-read
+    assert not none.fits and none.ratio == 0.6
 
 
 def test_aim_says_when_even_the_lower_bound_measures_over(model: torch.nn.Module) -> None:
