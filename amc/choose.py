@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from amc.evaluate import EvalResult, Workload
-from amc.measure import measure_interleaved, torch_threads
+from amc.measure import interleaved_ratio, torch_threads
 from amc.plan import PruningPlan
 from amc.prune import apply_plan
 from amc.space import SearchSpace
@@ -104,16 +103,12 @@ def latency_meter(
             pruned = apply_plan(
                 workload.model, plan, workload.example_inputs, spec.criterion, graph=workload.graph
             ).eval()
-        ratios = []
-        for _ in range(repeats):
-            cut, dense = measure_interleaved(
-                [pruned, workload.model], workload.example_inputs, spec.device,
-                batch_size=spec.latency_batch_size, threads=spec.threads,
-                warmup=spec.latency_warmup, min_run_time=min_run_time or spec.latency_min_run_time,
-                rounds=rounds or spec.latency_repeats,
-            )  # fmt: skip
-            ratios.append(cut.median_ms / dense.median_ms)
-        return statistics.median(ratios)
+        return interleaved_ratio(
+            pruned, workload.model, workload.example_inputs, spec.device, repeats=repeats,
+            batch_size=spec.latency_batch_size, threads=spec.threads, warmup=spec.latency_warmup,
+            min_run_time=min_run_time or spec.latency_min_run_time,
+            rounds=rounds or spec.latency_repeats,
+        )  # fmt: skip
 
     return measure
 

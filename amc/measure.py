@@ -307,6 +307,38 @@ def measure_interleaved(
     return stats
 
 
+def interleaved_ratio(
+    model: nn.Module,
+    reference: nn.Module,
+    example_inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    repeats: int = 1,
+    **timing: Any,
+) -> float:
+    """``model``'s median latency over ``reference``'s, the two timed in alternation by
+    :func:`measure_interleaved` (``timing``: its keyword arguments, e.g. ``batch_size``,
+    ``threads``, ``min_run_time``, ``rounds``).
+
+    ``repeats`` > 1: the median ratio of that many runs, which one run thrown off as a whole
+    (a burst of other work during it, or during the warm-up that sizes its blocks) does not
+    move.
+
+    Example:
+        >>> small, large = torch.nn.Linear(8, 4), torch.nn.Linear(8, 512)
+        >>> ratio = interleaved_ratio(small, large, torch.randn(1, 8), min_run_time=0.05)
+        >>> ratio > 0
+        True
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (interleaved runs per reading), got {repeats}.")
+    ratios = []
+    for _ in range(repeats):
+        cut, full = measure_interleaved([model, reference], example_inputs, device, **timing)
+        ratios.append(cut.median_ms / full.median_ms)
+    return statistics.median(ratios)
+
+
 def time_call(
     module: Any,
     args: tuple[Any, ...],

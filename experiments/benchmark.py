@@ -101,6 +101,7 @@ from amc.latency_table import LatencyTable  # noqa: E402
 from amc.measure import (  # noqa: E402
     count_flops,
     count_params,
+    interleaved_ratio,
     measure_interleaved,
 )
 from amc.plan import PruningPlan  # noqa: E402
@@ -433,14 +434,12 @@ def tp_peer(model: nn.Module, example: torch.Tensor, target: Target, batch: int,
             return count_params(pruned) / count_params(model)
         # measured as --aim measures our plans: interleaved with the dense model, the median
         # ratio of --aim-repeats runs (amc.choose.latency_meter)
-        lat, ratios = args.lat_final, []
-        for _ in range(args.aim_repeats):
-            pruned_stats, dense_stats = measure_interleaved(
-                [pruned, model], example, batch_size=batch, threads=args.threads,
-                warmup=lat["warmup"], min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"],
-            )  # fmt: skip
-            ratios.append(pruned_stats.median_ms / dense_stats.median_ms)
-        return statistics.median(ratios)
+        lat = args.lat_final
+        return interleaved_ratio(
+            pruned, model, example, repeats=args.aim_repeats, batch_size=batch,
+            threads=args.threads, warmup=lat["warmup"], min_run_time=2 * lat["min_run_time"],
+            rounds=lat["repeats"],
+        )  # fmt: skip
 
     low, high = 0.0, max_ratio
     best: tuple[float, nn.Module, float] | None = None
@@ -604,11 +603,10 @@ def confirm_best(
     ratios = []
     for entry in ranked:
         pruned = apply_plan(workload.model, entry[1], space.example_inputs, graph=workload.graph)
-        cut, dense = measure_interleaved(
-            [pruned.eval(), workload.model], space.example_inputs, threads=args.threads,
+        ratios.append(interleaved_ratio(
+            pruned.eval(), workload.model, space.example_inputs, threads=args.threads,
             warmup=lat["warmup"], min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"],
-        )  # fmt: skip
-        ratios.append(cut.median_ms / dense.median_ms)
+        ))  # fmt: skip
         if ratios[-1] <= space.target.fraction:
             return entry, ratios
     return ranked[ratios.index(min(ratios))], ratios

@@ -21,6 +21,7 @@ from amc.measure import (
     compare,
     count_flops,
     count_params,
+    interleaved_ratio,
     measure_interleaved,
     measure_latency,
     model_size,
@@ -411,3 +412,12 @@ def test_interleaved_rejects_bad_arguments() -> None:
         measure_interleaved([], torch.randn(1, 8))
     with pytest.raises(ValueError, match="rounds >= 1"):
         measure_interleaved([nn.Linear(8, 4)], torch.randn(1, 8), rounds=0)
+
+
+def test_interleaved_ratio_is_the_median_over_its_repeats() -> None:
+    small, large = torch.nn.Linear(64, 4).eval(), torch.nn.Linear(64, 4096).eval()
+    x = torch.randn(8, 64)
+    ratio = interleaved_ratio(small, large, x, repeats=3, min_run_time=0.03, rounds=3)
+    assert 0 < ratio < 1  # the small layer against the large one, three runs
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        interleaved_ratio(small, large, x, repeats=0)
