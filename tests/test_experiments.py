@@ -100,8 +100,8 @@ def flops_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     one deterministic law instead, 1 ms per MFLOP; search, clipping and over-budget checks run
     unchanged on it. N:M masks cost their dense FLOPs, as they do in fp32, so N:M saves nothing.
     """
-    import amc.choose
     import amc.evaluate
+    import amc.measure
     from amc.latency_table import LatencyTable
     from amc.measure import LatencyStats, count_flops
 
@@ -122,7 +122,7 @@ def flops_latency(monkeypatch: pytest.MonkeyPatch) -> None:
         return [mflops_ms(model, example_inputs, device) for model in models]
 
     monkeypatch.setattr(amc.evaluate, "measure_interleaved", interleaved)
-    monkeypatch.setattr(amc.choose, "measure_interleaved", interleaved)  # aiming a plan
+    monkeypatch.setattr(amc.measure, "measure_interleaved", interleaved)  # aiming a plan
     monkeypatch.setattr(LatencyTable, "measure", classmethod(table))
 
 
