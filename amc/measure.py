@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import math
+import os
+import platform
 import statistics
 import time
 import warnings
@@ -46,6 +49,7 @@ __all__ = [
     "measure_interleaved",
     "measure_latency",
     "model_size",
+    "steady_allocator",
 ]
 
 # Candidate N:M patterns in order of preference (2:4 is what sparse tensor cores run).
@@ -127,6 +131,51 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device("cuda", index)
 
 
+# glibc's mallopt parameters and the values :func:`steady_allocator` sets
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 * 1024 * 1024  # the most glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
+_TRIM_THRESHOLD = 1024 * 1024 * 1024
+_steady: bool | None = None  # the outcome of the first call, once made
+
+
+def steady_allocator() -> bool:
+    """Keep glibc's heap from handing activation buffers back to the kernel between passes.
+
+    With glibc's default heuristics a CPU forward pass allocates every buffer above the
+    mmap threshold (128 KiB, raised only by what the process happened to free before) with
+    ``mmap`` and returns it with ``munmap`` (or trims the heap top), so each pass of a CNN
+    at batch 32 page-faults its activations in again: thousands of minor faults a pass, a
+    cost that grows with activation size and depends on the process's history. On the
+    project's 2-core VM resnet20 (1x28x28, batch 32, one thread) ran 42 ms a pass with ~5600
+    faults in a fresh process and 27 ms with none once it had freed a few 24-MB blocks (as
+    loading a data set does, which raises the thresholds); a uniform plan's ratio to the
+    dense model read 0.26 in the one state and 0.44 in the other, 0.43 in both with this
+    (``experiments/bench_allocator.py``). Fixing both thresholds
+    (mmap 32 MiB, trim 1 GiB) makes every process time the same thing, the steady state a
+    serving process or jemalloc/tcmalloc reaches: no faults after the warm-up passes. The
+    cost is that freed memory up to 1 GiB stays with the process.
+
+    Called by every CPU timing of this module, once per process; a no-op (returns False)
+    outside glibc or with ``AMC_STEADY_ALLOCATOR=0`` in the environment.
+    """
+    global _steady
+    if _steady is None:
+        _steady = False
+        if (
+            os.environ.get("AMC_STEADY_ALLOCATOR", "1") != "0"
+            and platform.libc_ver()[0] == "glibc"
+        ):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _steady = bool(
+                    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+                )
+            except (OSError, AttributeError):
+                _steady = False
+    return _steady
+
+
 def measure_latency(
     model: nn.Module,
     example_inputs: Inputs,
@@ -144,7 +193,8 @@ def measure_latency(
     when it is not already there (the caller's model is never moved). After ``warmup`` untimed
     passes, :meth:`torch.utils.benchmark.Timer.blocked_autorange` times blocks of passes for at
     least ``min_run_time`` seconds; more blocks are timed until there are ``repeats`` of them.
-    The Timer synchronises CUDA around each block, so GPU times are real.
+    The Timer synchronises CUDA around each block, so GPU times are real. On a CPU the
+    process's allocator is first put in a steady state (:func:`steady_allocator`).
 
     Args:
         model: the network; its training flag is restored afterwards.
@@ -354,6 +404,8 @@ def time_call(
     number of calls per block is sized from one timed call to last about ``block_s``.
     The caller sets threads and inference mode.
     """
+    if device.type == "cpu":
+        steady_allocator()
     for _ in range(warmup):
         module(*args)
     single = _time_block(module, args, 1, device)
@@ -402,6 +454,8 @@ def _timing_inputs(
 ) -> tuple[torch.device, int, tuple[Any, ...]]:
     """The device, thread count and positional inputs (at ``batch_size``, on the device)."""
     target = resolve_device(device)
+    if target.type == "cpu":
+        steady_allocator()
     num_threads = torch.get_num_threads() if threads is None else threads
     if num_threads < 1:
         raise ValueError(f"Expected threads >= 1, got {num_threads}.")
