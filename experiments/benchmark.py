@@ -831,6 +831,7 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
         row["final_accuracies"] = accuracies
         row["flops_ratio"] = count_flops(model, task.example) / task.dense["flops"]  # type: ignore[operator]
         row["params_ratio"] = count_params(model) / task.dense["params"]
+        row["channels"] = kept_channels(model, workload.graph)
         row["final_s"] = time.perf_counter() - start
         log(f"[{name} {key} seed {seed}] {strategy}: final accuracy {row['final_accuracy']:.4f}")
     timed = interleaved_latency({"dense": task.model, **models}, task.example, args)
@@ -1383,6 +1384,20 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
                 for s in PEERS
             ]  # fmt: skip
             lines.append("- Torch-Pruning ratios found by bisection: " + "; ".join(peers))
+            first = runs[0]["strategies"]
+            kept = {
+                s: first[s]["channels"]
+                for s in (*PEERS, *SEARCHED)
+                if "channels" in first.get(s, {})
+            }
+            if kept:
+                units = ", ".join(next(iter(kept.values())))
+                shapes = "; ".join(
+                    f"{LABELS[s]} " + "/".join(map(str, c.values())) for s, c in kept.items()
+                )
+                lines.append(
+                    f"- channels kept per unit (seed {runs[0]['seed']}; units {units}): {shapes}"
+                )
             lines.append("")
             lines += [f"- {line}" for line in goals(summary, runs, target, batch)]
             lines.append("")
@@ -1427,6 +1442,19 @@ def aim_growth(aimed: dict[str, Any]) -> str:
     none)."""
     grown = aimed.get("grown") or 0
     return f" +{grown} unit{'s' if grown > 1 else ''}" if grown else ""
+
+
+def kept_channels(model: nn.Module, graph: Any) -> dict[str, int]:
+    """Output channels each unit's root layer has in ``model`` (0 where a skip removed it)."""
+    kept = {}
+    for unit in graph.units:
+        try:
+            layer = model.get_submodule(unit.name)
+        except AttributeError:
+            layer = None
+        weight = getattr(layer, "weight", None)
+        kept[unit.name] = int(weight.shape[0]) if isinstance(weight, torch.Tensor) else 0
+    return kept
 
 
 def per_seed(runs: list[dict[str, Any]], key: str, show: Any) -> str:

@@ -62,6 +62,13 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
         assert len(row["final_accuracies"]) == 2
         assert row["final_accuracy"] == pytest.approx(sum(row["final_accuracies"]) / 2)
     assert "fine-tuned 2 times" in report
+    # every final model's channels per unit, TP's read from its pruned layers like ours
+    tp_channels = run["strategies"]["tp_uniform"]["channels"]
+    assert "conv1" in tp_channels and "- channels kept per unit (seed 0; units conv1" in report
+    for row in run["strategies"].values():
+        assert list(row["channels"]) == list(tp_channels)
+        assert all(0 <= c <= 64 for c in row["channels"].values())
+    assert f"TP uniform {'/'.join(map(str, tp_channels.values()))}" in report
     for name in benchmark.SEARCHED:
         row = run["strategies"][name]
         assert row["evals"] == 3 and len(row["trace"]) == 3  # the same budget for everyone
