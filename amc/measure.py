@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import functools
 import math
 import os
 import platform
@@ -135,9 +136,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 * 1024 * 1024  # the most glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
 _TRIM_THRESHOLD = 1024 * 1024 * 1024
-_steady: bool | None = None  # the outcome of the first call, once made
 
 
+@functools.cache
 def steady_allocator() -> bool:
     """Keep glibc's heap from handing activation buffers back to the kernel between passes.
 
@@ -158,22 +159,16 @@ def steady_allocator() -> bool:
     Called by every CPU timing of this module, once per process; a no-op (returns False)
     outside glibc or with ``AMC_STEADY_ALLOCATOR=0`` in the environment.
     """
-    global _steady
-    if _steady is None:
-        _steady = False
-        if (
-            os.environ.get("AMC_STEADY_ALLOCATOR", "1") != "0"
-            and platform.libc_ver()[0] == "glibc"
-        ):
-            try:
-                libc = ctypes.CDLL("libc.so.6")
-                _steady = bool(
-                    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-                )
-            except (OSError, AttributeError):
-                _steady = False
-    return _steady
+    if os.environ.get("AMC_STEADY_ALLOCATOR", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
 
 
 def measure_latency(
