@@ -260,3 +260,24 @@ def test_the_best_plan_is_confirmed_by_timing_it_again(monkeypatch: pytest.Monke
         assert ratios[0] == pytest.approx(1.0)  # the dense plan, over the dense model
     assert ratios[1] < 0.5  # none under 0.01: the one timed fastest is kept
     assert calls[0]["min_run_time"] == 2 * args.lat_final["min_run_time"]
+
+
+def test_the_latency_goal_reads_milliseconds_and_shows_the_paired_ratio_beside_them() -> None:
+    from amc.space import Target
+
+    def entry(acc: float, ms: float, ratio: float) -> dict[str, object]:
+        return {"acc": (acc, 0.0), "lat1": (ms, 0.0), "ratio1": (ratio, 0.0), "ratios1": [ratio]}
+
+    summary = {
+        "dense": {"lat1": (2.5, 0.0)},
+        "tpe": entry(0.85, 1.00, 0.400),
+        "ddpg": entry(0.80, 0.90, 0.390),
+        "tp_uniform": entry(0.83, 1.10, 0.410),
+        "tp_global": entry(0.80, 0.95, 0.400),
+    }
+    first = benchmark.goals(summary, [], Target("latency", 0.4), 1)[0]
+    assert "best of ddpg/tpe is tpe (85.00%)" in first
+    assert "vs TP uniform +2.00 points at 1.00 vs 1.10 ms, ratio 0.400 vs 0.410 (met)" in first
+    # equal paired ratio, slower median milliseconds: the rule reads milliseconds
+    assert "vs TP global +5.00 points at 1.00 vs 0.95 ms, ratio 0.400 vs 0.400 (missed)" in first
+    assert "NOT MET" in first
