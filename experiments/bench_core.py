@@ -50,10 +50,12 @@ def bench_model(name: str, rounds: int, threads: int) -> dict[str, float | str]:
         "units": str(len(graph.units)),
         "analyze_s": analyze_s,
         "apply_ms": apply_s * 1e3,
-        "flops_ratio": count_flops(pruned, example) / count_flops(model, example),
+        "flops_ratio": int(count_flops(pruned, example)) / int(count_flops(model, example)),  # type: ignore[arg-type]
     }
     for batch in (1, 32):
-        dense_runs, pruned_runs, spreads = [], [], []
+        dense_runs: list[float] = []
+        pruned_runs: list[float] = []
+        spreads: list[float] = []
         for _ in range(rounds):  # interleaved A B A B
             for runs, net in ((dense_runs, model), (pruned_runs, pruned)):
                 stats = measure_latency(net, example, batch_size=batch, threads=threads)

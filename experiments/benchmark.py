@@ -492,8 +492,9 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
     start = time.perf_counter()
     calibrated = space.latency_table is not None and space.target.metric == "latency"
     if calibrated:  # every strategy starts from the table as measured (and scaled), uncalibrated
+        assert space.latency_table is not None
         space._latency_ratios.clear()
-        space.latency_table = replace(space.latency_table, scale=scale)  # type: ignore[arg-type]
+        space.latency_table = replace(space.latency_table, scale=scale)
     agent = get_agent(name, space, seed=seed, **agent_settings(name, args.evals, args.spread))
     cache: dict[tuple[Any, ...], EvalResult] = {}
     trace: list[dict[str, Any]] = []
@@ -545,19 +546,19 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
     best = ranked[0] if ranked else None
     confirmed: list[float] = []
     aimed: dict[str, Any] | None = None
-    if calibrated and args.aim and (best or fallback) is not None:
-        best = best or fallback  # none measured within the target: aiming shrinks it to fit
+    aim_from = best or fallback  # none measured within the target: aiming shrinks it to fit
+    if calibrated and args.aim and aim_from is not None:
         lat = args.lat_final
         measure = latency_meter(
             workload, min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"],
             repeats=args.aim_repeats,
         )  # fmt: skip
-        found = aim(space, best[1], measure, steps=args.aim_steps, confirm=args.aim_confirm)
+        found = aim(space, aim_from[1], measure, steps=args.aim_steps, confirm=args.aim_confirm)
         aimed = {"scale": found.scale, "ratio": found.ratio, "fits": found.fits,
                  "tried": [list(pair) for pair in found.tried], "grown": found.grown,
                  "grown_tried": [list(pair) for pair in found.grown_tried],
                  "rechecked": [list(pair) for pair in found.rechecked]}  # fmt: skip
-        best = (best[0], found.plan, best[2])
+        best = (aim_from[0], found.plan, aim_from[2])
     elif calibrated and args.confirm and ranked:
         best, confirmed = confirm_best(ranked, workload, space, args)
     wall = time.perf_counter() - start
@@ -663,7 +664,7 @@ def load_task(case: Case, args: argparse.Namespace) -> Task:
         "flops": int(count_flops(model, example)),  # type: ignore[arg-type]
         "params": count_params(model),
         "n_val": len(val),
-        "n_rescore_val": len(rescore_val) if rescore_val is not None else len(val),
+        "n_rescore_val": len(rescore_val) if rescore_val is not None else len(val),  # type: ignore[arg-type]
         "n_test": len(test),
         "n_train": len(data.train),  # type: ignore[arg-type]
     }
@@ -818,7 +819,7 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
     # the same final fine-tune and the same held-out test samples for every strategy
     for strategy, model in models.items():
         start = time.perf_counter()
-        accuracies = []
+        accuracies: list[float] = []
         for replicate in reversed(range(args.final_seeds)):  # replicate 0 tunes `model` itself
             tuned = model if replicate == 0 else copy.deepcopy(model)
             finetune(

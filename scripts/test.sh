@@ -10,7 +10,7 @@ if url=$(bash scripts/postgres.sh); then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy amc
+.venv/bin/mypy amc experiments
 # Two xdist workers (the machine has 2 cores); tests using the session's Ray share one worker
 # (tests/conftest.py). Pass `-n 0` to run in one process.
 .venv/bin/python -m pytest -q -n 2 --dist loadgroup "$@"
