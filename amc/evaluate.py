@@ -413,7 +413,7 @@ class Workload:
     def _dense_cost(self) -> dict[str, int]:
         if "flops" not in self._dense:
             self._dense.update(
-                flops=int(count_flops(self.model, self.example_inputs)),  # type: ignore[arg-type]
+                flops=count_flops(self.model, self.example_inputs),
                 params=count_params(self.model),
                 size_bytes=model_size(self.model).stored_bytes,
             )
@@ -470,7 +470,7 @@ class Workload:
                         batches=self._criterion_batches, graph=self.graph,
                     )  # fmt: skip
                 with timed("count"):
-                    flops = int(count_flops(pruned, self.example_inputs))  # type: ignore[arg-type]
+                    flops = count_flops(pruned, self.example_inputs)
                     params = count_params(pruned)
                     size_bytes = model_size(pruned).stored_bytes
                 if spec.bn_batches:

@@ -357,7 +357,7 @@ def finish(
         workload = experiment.workload
         pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
         if "aim" in chosen:  # not the trial's plan: count what this one costs
-            metrics["flops"] = int(count_flops(pruned, workload.example_inputs))  # type: ignore[arg-type]
+            metrics["flops"] = count_flops(pruned, workload.example_inputs)
             metrics["params"] = count_params(pruned)
         if len(chosen) > 1:  # something was done beyond taking the best trial
             chosen |= {"plan": plan.to_json(), "metrics": metrics}

@@ -29,7 +29,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -520,6 +520,14 @@ def _cuda_device(target: torch.device) -> contextlib.AbstractContextManager[Any]
 # --------------------------------------------------------------------------------------------
 
 
+@overload
+def count_flops(
+    model: nn.Module, example_inputs: Inputs, *, by_module: Literal[False] = False
+) -> int: ...
+@overload
+def count_flops(
+    model: nn.Module, example_inputs: Inputs, *, by_module: Literal[True]
+) -> dict[str, int]: ...
 def count_flops(
     model: nn.Module, example_inputs: Inputs, *, by_module: bool = False
 ) -> int | dict[str, int]:

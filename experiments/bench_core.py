@@ -50,7 +50,7 @@ def bench_model(name: str, rounds: int, threads: int) -> dict[str, float | str]:
         "units": str(len(graph.units)),
         "analyze_s": analyze_s,
         "apply_ms": apply_s * 1e3,
-        "flops_ratio": int(count_flops(pruned, example)) / int(count_flops(model, example)),  # type: ignore[arg-type]
+        "flops_ratio": count_flops(pruned, example) / count_flops(model, example),
     }
     for batch in (1, 32):
         dense_runs: list[float] = []

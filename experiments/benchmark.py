@@ -429,7 +429,7 @@ def tp_peer(model: nn.Module, example: torch.Tensor, target: Target, batch: int,
 
     def fraction(pruned: nn.Module) -> float:
         if target.metric == "flops":
-            return count_flops(pruned, example) / count_flops(model, example)  # type: ignore[operator]
+            return count_flops(pruned, example) / count_flops(model, example)
         if target.metric == "params":
             return count_params(pruned) / count_params(model)
         # measured as --aim measures our plans: interleaved with the dense model, the median
@@ -654,17 +654,17 @@ def load_task(case: Case, args: argparse.Namespace) -> Task:
     # split (the final test samples stay unseen until the final run)
     start = n_val + len(test)
     after = range(start, min(n_test, start + max(0, args.rescore_val - n_val)))
-    rescore_val: Dataset | None = None
+    rescore_val: ConcatDataset | None = None
     if len(after):
         rescore_val = ConcatDataset([val, Subset(data.test, after)])
     task = Task(case, model.eval(), str(weights), data, val, test, example, rescore_val)
     metrics = evaluate(model, test, batch_size=256)
     task.dense = {
         "test_accuracy": metrics.accuracy,
-        "flops": int(count_flops(model, example)),  # type: ignore[arg-type]
+        "flops": count_flops(model, example),
         "params": count_params(model),
         "n_val": len(val),
-        "n_rescore_val": len(rescore_val) if rescore_val is not None else len(val),  # type: ignore[arg-type]
+        "n_rescore_val": len(rescore_val) if rescore_val is not None else len(val),
         "n_test": len(test),
         "n_train": len(data.train),  # type: ignore[arg-type]
     }
@@ -830,7 +830,7 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
         row = outcome["strategies"][strategy]
         row["final_accuracy"] = statistics.fmean(accuracies)
         row["final_accuracies"] = accuracies
-        row["flops_ratio"] = count_flops(model, task.example) / task.dense["flops"]  # type: ignore[operator]
+        row["flops_ratio"] = count_flops(model, task.example) / task.dense["flops"]
         row["params_ratio"] = count_params(model) / task.dense["params"]
         row["channels"] = kept_channels(model, workload.graph)
         row["final_s"] = time.perf_counter() - start
