@@ -410,7 +410,8 @@ def export(
         plan = PruningPlan.from_json(delivered["plan"])
         plan = plan.with_provenance(study=study, trial=delivered["trial"])
         plan = plan.with_metrics(**delivered.get("metrics", {}))
-        console.print(f"wrote {plan.save(out)} (trial {delivered['trial']}, as delivered)")
+        which = "the uniform plan" if delivered.get("uniform") else f"trial {delivered['trial']}"
+        console.print(f"wrote {plan.save(out)} ({which}, as delivered)")
         return
     if trial == "best":
         chosen = record.best(1)

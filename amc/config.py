@@ -59,12 +59,23 @@ class ChooseConfig(_Strict):
         "the most accurate of them (0 or 1 = the best trial as searched)",
     )
     rescore_steps: int = Field(100, ge=0, description="fine-tune steps of a re-evaluation")
+    rescore_uniform: bool = Field(
+        True,
+        description="re-evaluate the uniform plan at the same budget beside the k best and "
+        "deliver it if it re-scores best: the search never delivers a plan its own re-score "
+        "ranks under uniform pruning",
+    )
     aim: bool = Field(
         False,
         description="latency targets: size the delivered plan by measurement (its removed "
         "fractions scaled by one factor, bisected on the measured latency ratio)",
     )
     aim_steps: int = Field(8, ge=0, description="bisection steps of aim")
+    aim_first: bool = Field(
+        True,
+        description="with rescore and aim: aim every re-scored plan first, so they are "
+        "ranked at the size each would be delivered at (one aim per plan instead of one)",
+    )
     aim_repeats: int = Field(
         3,
         ge=1,

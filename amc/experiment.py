@@ -353,7 +353,10 @@ def finish(
     best = [trial for trial in record.best(max(1, experiment.config.choose.rescore)) if trial.plan]
     finished = Finished(study=record.name, best=None)
     if best:
-        trial, plan, metrics, chosen = _choose(experiment, best, progress=progress)
+        trial, plan, metrics, chosen = _choose(
+            experiment, best, progress=progress, uniform=record.attrs.get("uniform")
+        )
+        number = trial.number if trial is not None else None  # None: the uniform plan won
         workload = experiment.workload
         pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
         if "aim" in chosen:  # not the trial's plan: count what this one costs
@@ -362,12 +365,18 @@ def finish(
         if len(chosen) > 1:  # something was done beyond taking the best trial
             chosen |= {"plan": plan.to_json(), "metrics": metrics}
         record.set_attr("chosen", chosen)  # always: a resumed search's earlier choice is replaced
-        plan = plan.with_provenance(study=record.name, trial=trial.number)
+        plan = plan.with_provenance(study=record.name, trial=number)
+        if trial is None:
+            plan = plan.with_provenance(uniform=True)
         plan = plan.with_metrics(**metrics)
-        finished.best = trial.to_json()
+        finished.best = (
+            trial.to_json()
+            if trial is not None
+            else {"number": None, "uniform": True, "plan": plan.to_json(), "metrics": metrics}
+        )
         finished.plan_path = plan.save(out / "best_plan.json")
         if experiment.config.finetune.final_steps:
-            _final_finetune(experiment, record, pruned, trial.number, progress=progress)
+            _final_finetune(experiment, record, pruned, number, progress=progress)
         finished.pruned_dir = save_pruned(
             pruned,
             plan,
@@ -383,51 +392,71 @@ def finish(
 
 
 def _choose(
-    experiment: Experiment, best: list[Any], *, progress: bool
+    experiment: Experiment,
+    best: list[Any],
+    *,
+    progress: bool,
+    uniform: Mapping[str, Any] | None = None,
 ) -> tuple[Any, PruningPlan, dict[str, Any], dict[str, Any]]:
-    """The trial and plan to deliver, by the config's ``choose`` (see :mod:`amc.choose`).
+    """The trial and plan to deliver, by the config's ``choose`` (see :func:`amc.choose.choose`).
 
-    With ``choose.rescore`` k > 1 the k best trials are evaluated again with a longer
-    fine-tune and the most accurate is delivered; with ``choose.aim`` on a latency target its
-    plan is then sized by measurement. Returns the trial, the plan, the metrics it is exported
-    with and what was done (:func:`finish` stores it in the study as ``chosen``, so that
-    ``amc show`` and ``amc export`` deliver the same plan).
+    With ``choose.rescore`` k > 1 the k best trials (and, with ``choose.rescore_uniform``, the
+    study's ``uniform`` plan) are evaluated again with a longer fine-tune and the most
+    accurate is delivered; with ``choose.aim`` on a latency target the plan is sized by
+    measurement (with ``choose.aim_first`` every candidate before the re-score). Returns the
+    trial (None where the uniform plan won), the plan, the metrics it is exported with and
+    what was done (:func:`finish` stores it in the study as ``chosen``, so that ``amc show``
+    and ``amc export`` deliver the same plan).
     """
-    from amc.choose import aim, best_rescored, latency_meter, rescore
+    from amc.choose import choose as choose_plan
+    from amc.choose import latency_meter
 
     choose, workload = experiment.config.choose, experiment.workload
-    trial, plan = best[0], best[0].plan
-    chosen: dict[str, Any] = {"trial": trial.number}
-    metrics = _plain(trial.metrics)
-    if choose.rescore > 1 and len(best) > 1:
-        if progress:
-            Console(stderr=True).print(
-                f"re-scoring the {len(best)} best trials with {choose.rescore_steps} fine-tune "
-                "steps each"
-            )
-        plans = [t.plan for t in best]
-        results = rescore(workload, plans, choose.rescore_steps)
-        index = plans.index(best_rescored(plans, results))
-        trial, plan = best[index], plans[index]
-        metrics = _plain(trial.metrics)
-        metrics["rescored_accuracy"] = results[index].accuracy
-        chosen = {
-            "trial": trial.number,
-            "rescore_steps": choose.rescore_steps,
-            "rescored": [
-                {"trial": t.number, "accuracy": r.accuracy, "status": r.status}
-                for t, r in zip(best, results, strict=True)
-            ],
-        }
+    candidates: list[tuple[Any, PruningPlan, dict[str, Any]]] = [
+        (trial, trial.plan, _plain(trial.metrics)) for trial in best
+    ]
+    rescoring = choose.rescore > 1 and len(best) > 1
+    if rescoring and choose.rescore_uniform and uniform and uniform.get("plan"):
+        plan = PruningPlan.from_json(uniform["plan"])
+        if plan.key() not in {candidate[1].key() for candidate in candidates}:
+            candidates.append((None, plan, _plain(uniform.get("metrics", {}))))
+    meter = None
     if choose.aim and experiment.space.target.metric == "latency":
         spec = experiment.spec
         meter = latency_meter(
             workload, min_run_time=2 * spec.latency_min_run_time, repeats=choose.aim_repeats
         )
-        aimed = aim(
-            experiment.space, plan, meter, steps=choose.aim_steps, confirm=choose.aim_confirm
+    if rescoring and progress:
+        Console(stderr=True).print(
+            f"re-scoring {len(candidates)} plans (the {len(best)} best trials"
+            + (", the uniform plan" if len(candidates) > len(best) else "")
+            + f") with {choose.rescore_steps} fine-tune steps each"
+            + (", each aimed first" if meter is not None and choose.aim_first else "")
         )
-        plan = aimed.plan
+    picked = choose_plan(
+        workload, experiment.space, [candidate[1] for candidate in candidates],
+        rescore_steps=choose.rescore_steps if rescoring else None, meter=meter,
+        aim_steps=choose.aim_steps, aim_confirm=choose.aim_confirm, aim_first=choose.aim_first,
+    )  # fmt: skip
+    trial, _, metrics = candidates[picked.index]
+    plan = picked.plan
+    chosen: dict[str, Any] = {"trial": trial.number if trial is not None else None}
+    if trial is None:
+        chosen["uniform"] = True
+    if picked.rescored:
+        metrics["rescored_accuracy"] = picked.rescored[picked.index].accuracy
+        chosen["rescore_steps"] = choose.rescore_steps
+        chosen["rescored"] = [
+            {
+                "trial": candidate[0].number if candidate[0] is not None else None,
+                "accuracy": result.accuracy,
+                "status": result.status,
+                **({"aimed_ratio": picked.aimed[i].ratio} if i in picked.aimed else {}),
+            }
+            for i, (candidate, result) in enumerate(zip(candidates, picked.rescored, strict=True))
+        ]
+    if meter is not None:
+        aimed = picked.aimed[picked.index]
         for key in ("latency_ms", "latency_iqr_ms", "flops", "params", "size_bytes"):
             metrics.pop(key, None)  # the trial's plan's: this one is measured (and counted) here
         metrics["latency_ratio"] = aimed.ratio
@@ -443,7 +472,7 @@ def _choose(
 
 
 def _final_finetune(
-    experiment: Experiment, record: SearchRecord, best: Any, trial: int, *, progress: bool
+    experiment: Experiment, record: SearchRecord, best: Any, trial: int | None, *, progress: bool
 ) -> None:
     """Fine-tune ``best`` (in place) and the uniform plan alike; store both test accuracies."""
     from amc.train import evaluate, finetune, recalibrate_bn

@@ -200,12 +200,14 @@ def comparison_rows(record: SearchRecord) -> list[dict[str, Any]]:
         how = [
             word for key, word in (("rescored", "re-scored"), ("aim", "aimed")) if key in chosen
         ]
-        name = f"best (trial {number}, {' and '.join(how)})" if how else f"best (trial {number})"
+        which = "the uniform plan" if chosen.get("uniform") else f"trial {number}"
+        name = f"best ({which}, {' and '.join(how)})" if how else f"best ({which})"
         rows.append({"name": name, **_metrics(chosen["metrics"])})
     elif best:
         rows.append({"name": f"best (trial {number})", **_metrics(best[0].metrics)})
     final = attrs.get("final")
-    if isinstance(final, Mapping) and number is not None and final.get("trial") == number:
+    delivered = number is not None or (isinstance(chosen, Mapping) and chosen.get("uniform"))
+    if isinstance(final, Mapping) and delivered and final.get("trial") == number:
         for row in rows:  # the same fine-tune for best and uniform, scored on the test split
             key = "best" if row["name"].startswith("best") else row["name"]
             row["final_accuracy"] = final.get(key)

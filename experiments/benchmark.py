@@ -94,7 +94,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import ConcatDataset, Dataset, Subset  # noqa: E402
 
 from agents import get_agent  # noqa: E402
-from amc.choose import aim, best_rescored, latency_meter, rescore  # noqa: E402
+from amc.choose import choose, latency_meter  # noqa: E402
 from amc.errors import InfeasibleBudgetError  # noqa: E402
 from amc.evaluate import EvalResult, TaskSpec, Workload  # noqa: E402
 from amc.latency_table import LatencyTable  # noqa: E402
@@ -260,6 +260,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--rescore-steps", type=int, default=None, help="fine-tune steps of a re-score (100)")
     add(
+        "--rescore-uniform",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="re-score the uniform plan at the target beside the --rescore best and deliver "
+        "it if it re-scores best (as `choose.rescore_uniform` in amc search)",
+    )
+    add(
         "--rescore-val",
         type=int,
         default=None,
@@ -276,6 +283,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "re-timing the --confirm best",
     )
     add("--aim-steps", type=int, default=None, help="bisection steps of --aim (default 8)")
+    add(
+        "--aim-first",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --aim and --rescore: aim every re-scored plan first, so they are ranked at "
+        "the size each would be delivered at (amc.choose.choose; one aim per plan)",
+    )
     add(
         "--aim-repeats",
         type=int,
@@ -484,6 +498,9 @@ def agent_settings(name: str, evals: int, spread: float = 1.0) -> dict[str, Any]
     return {}
 
 
+Entry = tuple[float | None, PruningPlan, EvalResult | None]  # search accuracy, plan, result
+
+
 def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
                  args: argparse.Namespace, scale: float = 1.0,
                  held_out: Dataset | None = None) -> dict[str, Any]:  # fmt: skip
@@ -534,33 +551,56 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
                 in_budget.append(entry)
             if fallback is None or entry[0] > fallback[0]:
                 fallback = entry
-    ranked = sorted(in_budget, key=lambda entry: -entry[0])  # most accurate first
-    rescored: list[float | None] = []
-    if args.rescore > 1 and len(ranked) > 1:
-        # the proxy's few best, scored again with a longer fine-tune (amc.choose.rescore)
-        top = ranked[: args.rescore]
-        results = rescore(workload, [entry[1] for entry in top], args.rescore_steps, held_out)
-        rescored = [result.accuracy for result in results]
-        first = best_rescored([entry[1] for entry in top], results)
-        ranked = sorted(top, key=lambda entry: entry[1] is not first) + ranked[len(top) :]
-    best = ranked[0] if ranked else None
-    confirmed: list[float] = []
-    aimed: dict[str, Any] | None = None
-    aim_from = best or fallback  # none measured within the target: aiming shrinks it to fit
-    if calibrated and args.aim and aim_from is not None:
+    ranked: list[Entry] = sorted(in_budget, key=lambda entry: -(entry[0] or 0.0))
+    # the proxy's few best (none measured within the target: the most accurate, which aiming
+    # shrinks to fit), and the uniform plan beside them: amc.choose.choose re-scores them
+    # with a longer fine-tune, each aimed first (at the size it would be delivered at)
+    candidates: list[Entry] = ranked[: max(1, args.rescore)] or ([fallback] if fallback else [])
+    uniform = get_agent("uniform", space).ask(1)[0].plan
+    uniform_candidate = False  # the uniform plan added (last) to the candidates
+    if args.rescore > 1 and args.rescore_uniform and ranked:
+        if uniform.key() not in {entry[1].key() for entry in candidates}:
+            candidates.append((None, uniform, None))
+            uniform_candidate = True
+    meter = None
+    if calibrated and args.aim:
         lat = args.lat_final
-        measure = latency_meter(
+        meter = latency_meter(
             workload, min_run_time=2 * lat["min_run_time"], rounds=lat["repeats"],
             repeats=args.aim_repeats,
         )  # fmt: skip
-        found = aim(space, aim_from[1], measure, steps=args.aim_steps, confirm=args.aim_confirm)
-        aimed = {"scale": found.scale, "ratio": found.ratio, "fits": found.fits,
-                 "tried": [list(pair) for pair in found.tried], "grown": found.grown,
-                 "grown_tried": [list(pair) for pair in found.grown_tried],
-                 "rechecked": [list(pair) for pair in found.rechecked]}  # fmt: skip
-        best = (aim_from[0], found.plan, aim_from[2])
-    elif calibrated and args.confirm and ranked:
-        best, confirmed = confirm_best(ranked, workload, space, args)
+    rescored: list[float | None] = []
+    rescored_ratios: list[float | None] = []
+    aimed: dict[str, Any] | None = None
+    confirmed: list[float] = []
+    best: Entry | None = None
+    delivered_uniform = False  # the plan delivered is the uniform plan (before any aim)
+    if candidates:
+        rescoring = args.rescore > 1 and len(candidates) > 1
+        picked = choose(
+            workload, space, [entry[1] for entry in candidates],
+            rescore_steps=args.rescore_steps if rescoring else None, held_out=held_out,
+            meter=meter, aim_steps=args.aim_steps, aim_confirm=args.aim_confirm,
+            aim_first=args.aim_first,
+        )  # fmt: skip
+        rescored = [result.accuracy for result in picked.rescored]
+        if picked.rescored and args.aim_first and meter is not None:
+            rescored_ratios = [picked.aimed[i].ratio for i in range(len(candidates))]
+        best = candidates[picked.index]
+        if meter is not None:
+            found = picked.aimed[picked.index]
+            aimed = {"scale": found.scale, "ratio": found.ratio, "fits": found.fits,
+                     "tried": [list(pair) for pair in found.tried], "grown": found.grown,
+                     "grown_tried": [list(pair) for pair in found.grown_tried],
+                     "rechecked": [list(pair) for pair in found.rechecked]}  # fmt: skip
+            best = (best[0], found.plan, best[2])
+        elif not ranked:
+            best = None  # nothing measured within the target, and no aim to make it fit
+        elif calibrated and args.confirm:
+            others = [entry for entry in ranked if entry[1].key() != best[1].key()]
+            best, confirmed = confirm_best([best, *others], workload, space, args)
+        source = candidates[picked.index][1] if meter is not None or best is None else best[1]
+        delivered_uniform = source.key() == uniform.key()
     wall = time.perf_counter() - start
     chosen = best or fallback
     if chosen is None:
@@ -571,6 +611,9 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         "search_accuracy": chosen[0],
         "search_fraction": None,
         "rescored": rescored,
+        "rescored_ratios": rescored_ratios,  # each candidate's aimed ratio (aimed first)
+        "uniform_candidate": uniform_candidate,  # re-scored beside the best (last)
+        "delivered_uniform": delivered_uniform,
         "aimed": aimed,
         "confirmed": confirmed,
         "in_budget": aimed["fits"] if aimed else best is not None,
@@ -585,9 +628,8 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
 
 
 def confirm_best(
-    candidates: list[tuple[float, PruningPlan, EvalResult]], workload: Workload,
-    space: SearchSpace, args: argparse.Namespace,
-) -> tuple[tuple[float, PruningPlan, EvalResult], list[float]]:  # fmt: skip
+    candidates: list[Entry], workload: Workload, space: SearchSpace, args: argparse.Namespace,
+) -> tuple[Entry, list[float]]:  # fmt: skip
     """The first of ``candidates`` (most accurate first) whose latency, timed again, is within
     the target (without ``--aim``).
 
@@ -982,10 +1024,20 @@ def goals(summary: dict[str, Any], runs: list[dict[str, Any]], target: Target,
                     f"vs {LABELS[peer]} {margin:+.2f} points at {lat:.2f} vs {peer_lat:.2f} ms, "
                     f"ratio {ratio:.3f} vs {peer_ratio:.3f} ({'met' if ok else 'missed'})"
                 )
+            rows = [run["strategies"][champion] for run in runs if champion in run["strategies"]]
+            uniform = sum(bool(row.get("delivered_uniform")) for row in rows)
             lines.append(
                 f"**Beat Torch-Pruning by >= 1 point at equal or lower latency**: "
                 f"{'MET' if met else 'NOT MET'} — best of ddpg/tpe is {champion} "
-                f"({acc:.2%}): " + "; ".join(parts) + "."
+                f"({acc:.2%}): "
+                + "; ".join(parts)
+                + "."
+                + (
+                    f" In {uniform} of {len(rows)} seeds {champion} delivered the uniform plan "
+                    "(its re-score ranked it over every plan the search found)."
+                    if uniform
+                    else ""
+                )
             )
         worst: list[str] = []
         met = True
@@ -1247,9 +1299,20 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
         "the target (search-time tolerance 5%); for nsga2 the best-accuracy plan of the search "
         "within the target."
         + (
-            f" **Re-scored:** the {args.rescore} most accurate of them are evaluated again with "
-            f"{args.rescore_steps} fine-tune steps (`amc.choose.rescore`, otherwise as in the "
-            "search)"
+            f" **Re-scored:** the {args.rescore} most accurate of them"
+            + (
+                " and the uniform plan at the target (where not among them)"
+                if args.rescore_uniform
+                else ""
+            )
+            + (
+                ", each first aimed as below (so they are ranked at the size each would be "
+                "delivered at)"
+                if args.aim and args.aim_first
+                else ""
+            )
+            + f", are evaluated again with {args.rescore_steps} fine-tune steps "
+            "(`amc.choose.choose`, otherwise as in the search)"
             + (
                 f", scored on up to {args.rescore_val} held-out samples (the validation ones, "
                 "then those after the final test samples, never these)"
@@ -1359,15 +1422,12 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
                     "first, per seed; the last one of each seed was chosen if it is within the "
                     "target): " + retimed
                 )
-            rescores = per_seed(
-                runs,
-                "rescored",
-                lambda v: "/".join("failed" if a is None else f"{a:.1%}" for a in v),
-            )
+            rescores = per_seed(runs, "rescored", rescore_summary, whole=True)
             if rescores:
                 lines.append(
                     "- re-scored validation accuracy of the proxy's best plans (proxy order, per "
-                    "seed; the highest was chosen): " + rescores
+                    "seed; u: the uniform plan re-scored beside them; @: the ratio each was "
+                    "aimed to first; *: chosen): " + rescores
                 )
             aims = per_seed(
                 runs, "aimed",
@@ -1461,13 +1521,27 @@ def kept_channels(model: nn.Module, graph: Any) -> dict[str, int]:
     return kept
 
 
-def per_seed(runs: list[dict[str, Any]], key: str, show: Any) -> str:
+def rescore_summary(row: dict[str, Any]) -> str:
+    """One seed's re-scores: ``88.1%@0.398/u 87.9%@0.401*`` (uniform last, where added)."""
+    accuracies, ratios = row["rescored"], row.get("rescored_ratios") or []
+    best = max(range(len(accuracies)), key=lambda i: (accuracies[i] or -1.0, -i))
+    parts = []
+    for i, accuracy in enumerate(accuracies):
+        text = "failed" if accuracy is None else f"{accuracy:.1%}"
+        text += f"@{ratios[i]:.3f}" if i < len(ratios) and ratios[i] is not None else ""
+        if row.get("uniform_candidate") and i == len(accuracies) - 1:
+            text += " u"
+        parts.append(text + ("*" if i == best else ""))
+    return "/".join(parts)
+
+
+def per_seed(runs: list[dict[str, Any]], key: str, show: Any, whole: bool = False) -> str:
     """``"strategy a; b; c, ..."``: ``show(value)`` of each seed's ``key`` for every searched
-    strategy whose runs hold one (empty when none does)."""
+    strategy whose runs hold one (empty when none does); ``whole``: ``show(row)``."""
     parts = []
     for name in SEARCHED:
         values = [
-            show(run["strategies"][name][key])
+            show(run["strategies"][name] if whole else run["strategies"][name][key])
             for run in runs
             if (run["strategies"].get(name) or {}).get(key)
         ]

@@ -77,9 +77,16 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
         assert row["aimed"]["ratio"] > 0 and len(row["aimed"]["tried"]) >= 1
         assert row["confirmed"] == []
         assert all(0 <= a <= 1 for a in row["rescored"] if a is not None)
-        # the proxy's two best were re-scored where the search had two plans in budget
+        # the proxy's two best, and the uniform plan where not among them, were re-scored
+        # (where there were two or more), each aimed first: ranked at its delivered size
         within = sum(r["status"] == "ok" and not r["reused"] for r in row["trace"])
-        assert len(row["rescored"]) == (2 if within >= 2 else 0)
+        count = min(2, within) + row["uniform_candidate"]
+        assert not row["uniform_candidate"] or within >= 1
+        assert len(row["rescored"]) == (count if count >= 2 else 0)
+        assert len(row["rescored_ratios"]) == len(row["rescored"])
+        assert all(0 < r for r in row["rescored_ratios"])
+        if row["delivered_uniform"] and row["uniform_candidate"]:
+            assert row["search_accuracy"] is None  # not a plan the search evaluated
     assert "aimed by measurement" in report and "**Re-scored:**" in report
     assert "re-scored validation accuracy" in report or not any(
         run["strategies"][name]["rescored"] for name in benchmark.SEARCHED

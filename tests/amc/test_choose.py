@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from amc.choose import aim, best_rescored, latency_meter, rescore
-from amc.evaluate import TaskSpec, Workload
+from amc.choose import aim, best_rescored, choose, latency_meter, rescore
+from amc.evaluate import EvalResult, TaskSpec, Workload
 from amc.latency_table import LatencyTable
 from amc.measure import count_flops
 from amc.plan import PruningPlan
@@ -102,6 +102,65 @@ def test_aim_sizes_the_plan_to_the_measured_target_keeping_its_shape(
             assert a1 <= b1 + 1e-9
     # the smallest factor measured within the target won: no factor tried below it fitted
     assert all(ratio > 0.5 for scale, ratio in aimed.tried if scale < aimed.scale)
+
+
+class FirstUnitScores:
+    """A stand-in workload whose re-score reads a plan's first unit's keep ratio as its
+    accuracy, and records the plans it scored and the steps it was asked for."""
+
+    def __init__(self) -> None:
+        self.scored: list[PruningPlan] = []
+        self.steps: list[int] = []
+
+    def with_finetune(self, steps: int) -> FirstUnitScores:
+        self.steps.append(steps)
+        return self
+
+    def evaluate(self, plan: PruningPlan) -> EvalResult:
+        self.scored.append(plan)
+        return EvalResult(status="ok", accuracy=next(iter(plan.units.values())).keep_ratio)
+
+
+def test_choose_ranks_the_candidates_at_the_size_each_is_aimed_to(
+    model: torch.nn.Module,
+) -> None:
+    """A keeps 0.9 everywhere and measures over the target; B is shaped (its first unit
+    keeps 0.8) and spends the budget as measured. Re-scored as searched A wins on its first
+    unit's 0.9 and is then shrunk to fit; aimed first, A's first unit is left with less than
+    B's and B wins."""
+    space = flops_space(model, 0.5)
+    plan_a = space.make_plan({unit.name: 0.9 for unit in space.units}, fit=False)
+    keep_b = {u.name: 0.8 - 0.5 * i / len(space.units) for i, u in enumerate(space.units)}
+    plan_b = space.make_plan(space.repair(keep_b))
+    measure = measured_flops(model)
+    assert measure(plan_a) > 0.5 >= measure(plan_b)
+
+    late = FirstUnitScores()
+    picked = choose(late, space, [plan_a, plan_b], rescore_steps=7, meter=measure,  # type: ignore[arg-type]
+                    aim_steps=6, aim_first=False)  # fmt: skip
+    assert picked.index == 0 and set(picked.aimed) == {0}  # only the winner aimed
+    assert late.scored == [plan_a, plan_b] and late.steps == [7]
+    assert [r.accuracy for r in picked.rescored] == [
+        0.9,
+        plan_b.units[space.units[0].name].keep_ratio,
+    ]
+    assert picked.plan == picked.aimed[0].plan and measure(picked.plan) <= 0.5
+
+    first = FirstUnitScores()
+    picked = choose(first, space, [plan_a, plan_b], rescore_steps=7, meter=measure,  # type: ignore[arg-type]
+                    aim_steps=6)  # fmt: skip
+    assert set(picked.aimed) == {0, 1}
+    assert first.scored == [picked.aimed[0].plan, picked.aimed[1].plan]  # scored as aimed
+    assert picked.index == 1 and picked.plan == picked.aimed[1].plan
+    assert all(aimed.ratio <= 0.5 for aimed in picked.aimed.values())
+
+    # no re-score: the first plan, aimed; no meter: the plan as given
+    alone = choose(first, space, [plan_a, plan_b], meter=measure, aim_steps=6)  # type: ignore[arg-type]
+    assert (alone.index, set(alone.aimed), alone.rescored) == (0, {0}, [])
+    plain = choose(FirstUnitScores(), space, [plan_a, plan_b], rescore_steps=3)  # type: ignore[arg-type]
+    assert (plain.index, plain.plan, plain.aimed) == (0, plan_a, {})
+    with pytest.raises(ValueError, match="at least one plan"):
+        choose(first, space, [])  # type: ignore[arg-type]
 
 
 def test_aim_grows_units_one_by_one_where_a_factor_step_moves_many(

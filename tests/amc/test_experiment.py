@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -96,3 +97,110 @@ def test_the_aim_reads_the_median_of_the_configured_repeats(
     assert repeats == [2]
     assert chosen["aim"]["tried"] and metrics["latency_ratio"] == chosen["aim"]["ratio"]
     assert aimed.provenance["aim"]["measured"] == round(chosen["aim"]["ratio"], 4)
+
+
+def test_the_uniform_plan_is_re_scored_beside_the_best_and_delivered_if_it_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`choose.rescore_uniform`: the study's uniform plan joins the k best in the re-score;
+    where it re-scores best it is delivered as such (no trial), aimed like any pick."""
+    import amc.choose
+    from amc.evaluate import EvalResult
+
+    overrides = {
+        "runs_dir": str(tmp_path / "runs"),
+        "storage": f"sqlite:///{tmp_path}/amc.db",
+        "latency.table_kernels": False,
+        "choose.rescore": 2,
+        "choose.rescore_steps": 3,
+        "choose.aim": True,
+        "choose.aim_steps": 1,
+        "choose.aim_confirm": 0,
+    }
+    prepared = experiment.prepare(load_config(None, overrides, text=CONFIG), progress=False)
+    space = prepared.space
+    low = space.make_plan({unit.name: space.lower_bound for unit in space.units}, agent="low")
+    half = space.make_plan({unit.name: 0.5 for unit in space.units}, agent="half")
+    uniform_plan = space.make_plan({unit.name: 0.75 for unit in space.units}, agent="uniform")
+    trials = [
+        SimpleNamespace(number=n, plan=plan, metrics={"accuracy": 0.9 - n / 10})
+        for n, plan in enumerate((low, half))
+    ]
+    uniform = {"plan": uniform_plan.to_json(), "metrics": {"accuracy": 0.5}}
+    scored: list[list[str]] = []
+
+    def rescore(workload: Any, plans: Any, steps: int, held_out: Any = None) -> list[Any]:
+        agents = [plan.provenance["agent"] for plan in plans]  # kept through the aim
+        scored.append(agents)
+        score = {"uniform": 1.0, "half": 0.6, "low": 0.2}
+        return [EvalResult(status="ok", accuracy=score[agent]) for agent in agents]
+
+    monkeypatch.setattr(amc.choose, "rescore", rescore)
+    trial, plan, metrics, chosen = experiment._choose(
+        prepared, trials, progress=False, uniform=uniform
+    )
+    assert scored == [["low", "half", "uniform"]]  # the two best trials, then uniform
+    assert trial is None and chosen["trial"] is None and chosen["uniform"] is True
+    assert [entry["trial"] for entry in chosen["rescored"]] == [0, 1, None]
+    assert all("aimed_ratio" in entry for entry in chosen["rescored"])  # aimed first
+    assert plan.provenance["agent"] == "uniform" and "aim" in plan.provenance
+    assert metrics["rescored_accuracy"] == 1.0 and metrics["accuracy"] == 0.5
+    assert metrics["latency_ratio"] == chosen["aim"]["ratio"]
+
+    # off: only the trials are re-scored, and one of them is delivered
+    choose = prepared.config.choose.model_copy(update={"rescore_uniform": False})
+    off = replace(prepared, config=prepared.config.model_copy(update={"choose": choose}))
+    scored.clear()
+    trial, _, _, chosen = experiment._choose(off, trials, progress=False, uniform=uniform)
+    assert scored == [["low", "half"]] and trial is trials[1] and chosen["trial"] == 1
+    # a uniform plan already among the best is not re-scored twice
+    scored.clear()
+    same = {"plan": half.to_json(), "metrics": {}}
+    experiment._choose(prepared, trials, progress=False, uniform=same)
+    assert scored == [["low", "half"]]
+
+
+def test_a_search_whose_uniform_plan_re_scores_best_delivers_and_exports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """End to end: the run folder's plan, the study's `chosen`, the final fine-tune's scores
+    and `amc export` all name the uniform plan when it wins the re-score."""
+    import amc.choose
+    from amc.cli import app
+    from amc.evaluate import EvalResult
+    from amc.plan import PruningPlan
+
+    def rescore(workload: Any, plans: Any, steps: int, held_out: Any = None) -> list[Any]:
+        return [
+            EvalResult(
+                status="ok", accuracy=1.0 if p.provenance.get("agent") == "uniform" else 0.1
+            )
+            for p in plans
+        ]
+
+    monkeypatch.setattr(amc.choose, "rescore", rescore)
+    storage = f"sqlite:///{tmp_path}/amc.db"
+    overrides = {
+        "runs_dir": str(tmp_path / "runs"),
+        "storage": storage,
+        "target": "flops=0.6",
+        "episodes": 2,
+        "choose.rescore": 2,
+        "finetune.final_steps": 1,
+    }
+    prepared = experiment.prepare(load_config(None, overrides, text=CONFIG), progress=False)
+    record, _ = experiment.search(prepared, progress=False)
+    finished = experiment.finish(prepared, record, plots=False)
+    assert finished.best is not None and finished.best["uniform"] is True
+    assert record.attrs["chosen"]["uniform"] is True and record.attrs["final"]["trial"] is None
+    assert finished.plan_path is not None
+    plan = PruningPlan.load(finished.plan_path)
+    assert plan.provenance["agent"] == "uniform" and plan.provenance["uniform"] is True
+    assert plan.key() == PruningPlan.from_json(record.attrs["uniform"]["plan"]).key()
+    assert finished.rows[-1]["name"].startswith("best (the uniform plan, re-scored")
+    assert "final_accuracy" in finished.rows[-1]
+    with pytest.raises(SystemExit) as exit_:
+        app(["export", prepared.study, "--storage", storage, "--out", str(tmp_path / "p.json")])
+    assert exit_.value.code in (0, None)
+    assert "(the uniform plan, as delivered)" in capsys.readouterr().out
+    assert PruningPlan.load(tmp_path / "p.json").key() == plan.key()

@@ -148,6 +148,13 @@ def test_the_delivered_plan_s_row_says_how_it_was_chosen(record: SearchRecord) -
     assert rows[-1]["latency_ratio"] == 0.5 and rows[-1]["final_accuracy"] == 0.87
     record.set_attr("chosen", {"trial": 3, "aim": {}, "metrics": metrics})
     assert comparison_rows(record)[-1]["name"] == "best (trial 3, aimed)"
+    # the uniform plan re-scored best: no trial, and the final scores are still its
+    uniform = {"trial": None, "uniform": True, "rescored": [], "aim": {}, "metrics": metrics}
+    record.set_attr("chosen", uniform)
+    record.set_attr("final", {"steps": 150, "trial": None, "dense": 0.9, "best": 0.86})
+    rows = comparison_rows(record)
+    assert rows[-1]["name"] == "best (the uniform plan, re-scored and aimed)"
+    assert rows[-1]["final_accuracy"] == 0.86
     best = record.best(1)[0]
     record.set_attr("chosen", {"trial": best.number})  # nothing done: the best trial as searched
     assert comparison_rows(record)[-1]["name"] == f"best (trial {best.number})"
