@@ -114,7 +114,8 @@ def choose(
     searched the second kind's accuracy is counted before it is paid for (on the project's
     VM, tpe's re-scored pick in one seed had its removed fractions scaled by 1.12 to fit and
     finished 4.5 points under the uniform plan, ``experiments/results/2026-12-07-vm-steady.md``).
-    It costs one aim per candidate instead of one.
+    It costs one aim per candidate instead of one. A candidate whose aim found no size
+    measured under the target (:attr:`Aimed.fits` false) is delivered only if none fits.
     """
     if not plans:
         raise ValueError("Expected at least one plan to choose from, got none.")
@@ -132,6 +133,9 @@ def choose(
             scored = [aimed_plan(i) for i in range(len(plans))]
         results = rescore(workload, scored, rescore_steps, held_out)
         index = _best_index(results)
+        fitting = [i for i in aimed if aimed[i].fits]
+        if aimed and fitting and index not in fitting:  # one the aim could not fit ranks last
+            index = fitting[_best_index([results[i] for i in fitting])]
     plan = aimed_plan(index) if meter is not None else scored[index]
     return Choice(index, plan, results, aimed)
 

@@ -328,7 +328,8 @@ def test_demo_end_to_end(
     assert PruningPlan.load(exported).key() == delivered.key()
     assert "as delivered" in capsys.readouterr().out
     [row] = [row for row in comparison_rows(record) if row["name"].startswith("best")]
-    assert row["name"] == f"best (trial {chosen['trial']}, re-scored and aimed)"
+    which = "the uniform plan" if chosen.get("uniform") else f"trial {chosen['trial']}"
+    assert row["name"] == f"best ({which}, re-scored and aimed)"
     assert row["latency_ratio"] == chosen["aim"]["ratio"] and row["final_accuracy"] is not None
     pruned = load_pruned(folder / "pruned")
     assert pruned(torch.randn(2, 1, 32, 32)).shape == (2, 10)

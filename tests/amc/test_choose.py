@@ -154,6 +154,25 @@ def test_choose_ranks_the_candidates_at_the_size_each_is_aimed_to(
     assert picked.index == 1 and picked.plan == picked.aimed[1].plan
     assert all(aimed.ratio <= 0.5 for aimed in picked.aimed.values())
 
+    # a plan the aim cannot fit under the target (here: any plan of A's, measured over it
+    # whatever its size) is delivered only if none fits, however well it re-scores
+    tagged = plan_a.with_provenance(agent="never fits")
+
+    def stubborn(plan: PruningPlan) -> float:
+        return 0.9 if plan.provenance.get("agent") == "never fits" else measure(plan)
+
+    scores = FirstUnitScores()
+    scores.evaluate = lambda plan: EvalResult(  # type: ignore[method-assign]
+        status="ok", accuracy=0.9 if plan.provenance.get("agent") == "never fits" else 0.5
+    )
+    picked = choose(scores, space, [tagged, plan_b], rescore_steps=7, meter=stubborn,  # type: ignore[arg-type]
+                    aim_steps=6)  # fmt: skip
+    assert not picked.aimed[0].fits and picked.aimed[1].fits
+    assert [r.accuracy for r in picked.rescored] == [0.9, 0.5]
+    assert picked.index == 1
+    alone = choose(scores, space, [tagged, tagged], rescore_steps=7, meter=stubborn)  # type: ignore[arg-type]
+    assert alone.index == 0 and not alone.aimed[0].fits  # none fits: the best re-scored
+
     # no re-score: the first plan, aimed; no meter: the plan as given
     alone = choose(first, space, [plan_a, plan_b], meter=measure, aim_steps=6)  # type: ignore[arg-type]
     assert (alone.index, set(alone.aimed), alone.rescored) == (0, {0}, [])
