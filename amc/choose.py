@@ -189,6 +189,18 @@ class Aimed:
     grown: int = 0  # units then given the next larger factor's channels, one by one (_fill)
     rechecked: list[tuple[float, float]] = field(default_factory=list)  # (first, fresh reading)
 
+    def to_json(self) -> dict[str, Any]:
+        """What was done, without the plan (the study's ``chosen["aim"]``, the benchmark's)."""
+        return {
+            "scale": self.scale,
+            "ratio": self.ratio,
+            "fits": self.fits,
+            "tried": [list(pair) for pair in self.tried],
+            "grown": self.grown,
+            "grown_tried": [list(pair) for pair in self.grown_tried],
+            "rechecked": [list(pair) for pair in self.rechecked],
+        }
+
 
 def aim(
     space: SearchSpace,

@@ -463,11 +463,7 @@ def _choose(
         dense_ms = workload.dense_metrics().get("latency_ms")
         if dense_ms:  # timed alike: the ratio is measured against the dense model
             metrics["latency_ms"] = aimed.ratio * dense_ms
-        chosen["aim"] = {"scale": aimed.scale, "ratio": aimed.ratio, "fits": aimed.fits,
-                         "tried": [list(pair) for pair in aimed.tried],
-                         "grown": aimed.grown,
-                         "grown_tried": [list(pair) for pair in aimed.grown_tried],
-                         "rechecked": [list(pair) for pair in aimed.rechecked]}  # fmt: skip
+        chosen["aim"] = aimed.to_json()
     return trial, plan, metrics, chosen
 
 

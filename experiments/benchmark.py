@@ -589,10 +589,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         best = candidates[picked.index]
         if meter is not None:
             found = picked.aimed[picked.index]
-            aimed = {"scale": found.scale, "ratio": found.ratio, "fits": found.fits,
-                     "tried": [list(pair) for pair in found.tried], "grown": found.grown,
-                     "grown_tried": [list(pair) for pair in found.grown_tried],
-                     "rechecked": [list(pair) for pair in found.rechecked]}  # fmt: skip
+            aimed = found.to_json()
             best = (best[0], found.plan, best[2])
         elif not ranked:
             best = None  # nothing measured within the target, and no aim to make it fit
