@@ -89,6 +89,13 @@ class ChooseConfig(_Strict):
         "many times and take the first whose fresh reading is also under the target: the "
         "largest plan read under it is the one whose reading came out low",
     )
+    aim_margin: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="aim at the target less this fraction of it (0.02: 2% under), so the "
+        "delivered plan stays under the target when timed again later",
+    )
 
 
 class LatencyConfig(_Strict):

@@ -437,6 +437,7 @@ def _choose(
         workload, experiment.space, [candidate[1] for candidate in candidates],
         rescore_steps=choose.rescore_steps if rescoring else None, meter=meter,
         aim_steps=choose.aim_steps, aim_confirm=choose.aim_confirm, aim_first=choose.aim_first,
+        aim_margin=choose.aim_margin,
     )  # fmt: skip
     trial, _, metrics = candidates[picked.index]
     plan = picked.plan

@@ -304,6 +304,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="re-read the aimed plan, then the next ones under the target, up to this many "
         "times; the first read under the target again is taken (default 2, 0: off)",
     )
+    add(
+        "--aim-margin",
+        type=float,
+        default=0.0,
+        help="aim our plans at the target less this fraction of it (0.01: 1%% under); the "
+        "peers' bisection is not given one (default 0)",
+    )
     add("--time-budget", type=float, default=None, help="minutes; no new job starts after")
     add("--out", default=str(ROOT / "experiments" / "results"), help="results folder")
     add("--runs", default=str(ROOT / "runs"), help="cache folder (baselines, raw JSON)")
@@ -345,6 +352,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--final-seeds must be at least 1, got {args.final_seeds}")
     if args.aim_confirm < 0:
         parser.error(f"--aim-confirm must be >= 0 (0: off), got {args.aim_confirm}")
+    if not 0.0 <= args.aim_margin < 0.5:
+        parser.error(f"--aim-margin must be in [0, 0.5) (a fraction of the target), got "
+                     f"{args.aim_margin}")  # fmt: skip
     if args.aim_repeats < 1:
         parser.error(f"--aim-repeats must be at least 1 (runs per measurement), got "
                      f"{args.aim_repeats}")  # fmt: skip
@@ -581,7 +591,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
             workload, space, [entry[1] for entry in candidates],
             rescore_steps=args.rescore_steps if rescoring else None, held_out=held_out,
             meter=meter, aim_steps=args.aim_steps, aim_confirm=args.aim_confirm,
-            aim_first=args.aim_first,
+            aim_first=args.aim_first, aim_margin=args.aim_margin,
         )  # fmt: skip
         rescored = [result.accuracy for result in picked.rescored]
         if picked.rescored and args.aim_first and meter is not None:
@@ -1325,11 +1335,19 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
             f"factor, bisected ({args.aim_steps} steps) on its latency measured against the "
             "dense model (twice the final run's block length; each measurement the median "
             f"ratio of {args.aim_repeats} interleaved run(s)), and the largest plan measured at "
-            "or under the target is taken (`amc.choose.aim`, as TP's bisection sizes its plans)"
+            "or under the target"
+            + (
+                f" less a margin of {args.aim_margin:.1%} of it (the peers' bisection has none)"
+                if args.aim_margin
+                else ""
+            )
+            + " is taken (`amc.choose.aim`, as TP's bisection sizes its plans)"
             + (
                 f"; that pick is read again, and if the fresh reading is over the target the "
                 f"next plans read under it are, up to {args.aim_confirm} re-readings: the first "
-                "under the target again is taken, with its fresh reading."
+                "under the target again is taken, with its fresh reading; if none is, the plans "
+                "between the last one refused and the next read under are measured and re-read "
+                "the same way before falling back to that next one."
                 if args.aim_confirm
                 else "."
             )

@@ -288,3 +288,11 @@ def test_the_latency_goal_reads_milliseconds_and_shows_the_paired_ratio_beside_t
     # equal paired ratio, slower median milliseconds: the rule reads milliseconds
     assert "vs TP global +5.00 points at 1.00 vs 0.95 ms, ratio 0.400 vs 0.400 (missed)" in first
     assert "NOT MET" in first
+
+
+def test_aim_margin_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert benchmark.parse_args(["--quick", "--aim-margin", "0.02"]).aim_margin == 0.02
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.parse_args(["--quick", "--aim-margin", "0.5"])
+    assert exit_.value.code == 2
+    assert "--aim-margin must be in [0, 0.5)" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from amc.choose import aim, best_rescored, choose, latency_meter, rescore
+from amc.choose import _confirm, aim, best_rescored, choose, latency_meter, rescore
 from amc.evaluate import EvalResult, TaskSpec, Workload
 from amc.latency_table import LatencyTable
 from amc.measure import count_flops
@@ -261,6 +261,53 @@ def test_aim_takes_the_next_unread_plan_when_no_pick_confirms(model: torch.nn.Mo
     assert not none.fits and none.ratio == 0.6
 
 
+def test_confirm_measures_the_plans_between_before_dropping_a_step(
+    model: torch.nn.Module,
+) -> None:
+    """When the pick and the next plan re-read over the target and the next plan read under
+    it is far below, the plans between are measured and one of them, confirmed by a fresh
+    reading, is taken; one read under only once never is."""
+    space = flops_space(model, 0.5)
+    plans = {
+        keep: space.make_plan({unit.name: keep for unit in space.units}, fit=False)
+        for keep in (0.5, 0.6, 0.7, 0.8, 0.9)
+    }
+    true = {plans[0.5].key(): 0.30, plans[0.6].key(): 0.40, plans[0.7].key(): 0.48,
+            plans[0.8].key(): 0.52, plans[0.9].key(): 0.53}  # fmt: skip
+    readings = [(plans[0.9], 0.49), (plans[0.8], 0.495), (plans[0.5], 0.30)]  # two read low
+
+    def measure(plan: PruningPlan) -> float:
+        return true[plan.key()]
+
+    def refill(under: PruningPlan, under_ratio: float, over: PruningPlan) -> None:
+        assert (under, under_ratio, over) == (plans[0.5], 0.30, plans[0.8])
+        readings.extend([(plans[0.7], 0.48), (plans[0.6], 0.40)])  # as a fill would read
+
+    rechecked: list[tuple[float, float]] = []
+    plan, ratio = _confirm(
+        plans[0.9], 0.49, readings, 0.5, measure, 2, rechecked, refill=refill
+    )  # fmt: skip
+    assert (plan, ratio) == (plans[0.7], 0.48)  # not the 0.30 plan a step below
+    assert rechecked == [(0.49, 0.53), (0.495, 0.52), (0.48, 0.48)]
+
+    # the largest plan between re-reads over: the next one between is re-read, then taken
+    readings[3:] = []
+    true[plans[0.7].key()] = 0.51
+    rechecked.clear()
+    plan, ratio = _confirm(plans[0.9], 0.49, readings, 0.5, measure, 2, rechecked, refill=refill)
+    assert (plan, ratio) == (plans[0.6], 0.40)
+    # every plan between re-reads over too: the next plan, as without a refill
+    readings[3:] = []
+    true[plans[0.6].key()] = 0.505
+    rechecked.clear()
+    plan, ratio = _confirm(plans[0.9], 0.49, readings, 0.5, measure, 2, rechecked, refill=refill)
+    assert (plan, ratio) == (plans[0.5], 0.30)
+    assert [first for first, _ in rechecked] == [0.49, 0.495, 0.48, 0.40]
+    # without one, the next plan at once
+    readings[3:] = []
+    assert _confirm(plans[0.9], 0.49, readings, 0.5, measure, 2, [])[0] == plans[0.5]
+
+
 def test_aim_says_when_even_the_lower_bound_measures_over(model: torch.nn.Module) -> None:
     space = flops_space(model, 0.5)
     aimed = aim(space, shaped_plan(space), measured_flops(model, 50.0))
@@ -277,6 +324,17 @@ def test_aim_refuses_negative_steps(model: torch.nn.Module) -> None:
         aim(space, shaped_plan(space), measured_flops(model), steps=-1)
     with pytest.raises(ValueError, match="confirm >= 0"):
         aim(space, shaped_plan(space), measured_flops(model), confirm=-1)
+    with pytest.raises(ValueError, match=r"margin must be in \[0, 1\)"):
+        aim(space, shaped_plan(space), measured_flops(model), margin=1.0)
+
+
+def test_aim_with_a_margin_lands_that_much_under_the_target(model: torch.nn.Module) -> None:
+    space, measure = flops_space(model, 0.5), measured_flops(model)
+    plan = shaped_plan(space)
+    plain, under = aim(space, plan, measure), aim(space, plan, measure, margin=0.1)
+    assert plain.target == 0.5 and under.target == pytest.approx(0.45)
+    assert under.fits and under.ratio <= 0.45 < plain.ratio <= 0.5
+    assert under.to_json()["target"] == pytest.approx(0.45)
 
 
 SPEC = TaskSpec(

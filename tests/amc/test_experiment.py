@@ -70,7 +70,8 @@ def test_a_latency_target_times_kernels_on_the_configured_grid_and_the_study_kee
 def test_the_aim_reads_the_median_of_the_configured_repeats(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`choose.aim_repeats` reaches the meter that sizes the delivered plan."""
+    """`choose.aim_repeats` reaches the meter that sizes the delivered plan, and
+    `choose.aim_margin` the target it aims at."""
     import amc.choose
 
     repeats: list[int] = []
@@ -88,6 +89,7 @@ def test_the_aim_reads_the_median_of_the_configured_repeats(
         "choose.aim": True,
         "choose.aim_steps": 1,
         "choose.aim_repeats": 2,
+        "choose.aim_margin": 0.05,
     }
     prepared = experiment.prepare(load_config(None, overrides, text=CONFIG), progress=False)
     space = prepared.space
@@ -95,6 +97,7 @@ def test_the_aim_reads_the_median_of_the_configured_repeats(
     trial = SimpleNamespace(number=0, plan=plan, metrics={"accuracy": 0.5})
     _, aimed, metrics, chosen = experiment._choose(prepared, [trial], progress=False)
     assert repeats == [2]
+    assert chosen["aim"]["target"] == pytest.approx(space.target.fraction * 0.95)
     assert chosen["aim"]["tried"] and metrics["latency_ratio"] == chosen["aim"]["ratio"]
     assert aimed.provenance["aim"]["measured"] == round(chosen["aim"]["ratio"], 4)
 
