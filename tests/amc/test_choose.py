@@ -266,7 +266,7 @@ def test_confirm_measures_the_plans_between_before_dropping_a_step(
 ) -> None:
     """When the pick and the next plan re-read over the target and the next plan read under
     it is far below, the plans between are measured and one of them, confirmed by a fresh
-    reading, is taken; one read under only once never is."""
+    reading, is taken; a plan between read under the target only once never is."""
     space = flops_space(model, 0.5)
     plans = {
         keep: space.make_plan({unit.name: keep for unit in space.units}, fit=False)
