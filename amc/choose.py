@@ -188,11 +188,11 @@ class Aimed:
     ratio: float
     scale: float
     fits: bool
+    target: float  # the ratio aimed at: the space's target less the margin
     tried: list[tuple[float, float]] = field(default_factory=list)  # (scale, measured ratio)
     grown_tried: list[tuple[int, float]] = field(default_factory=list)  # (units, ratio)
     grown: int = 0  # units then given the next larger factor's channels, one by one (_fill)
     rechecked: list[tuple[float, float]] = field(default_factory=list)  # (first, fresh reading)
-    target: float | None = None  # the ratio aimed at: the space's target less the margin
 
     def to_json(self) -> dict[str, Any]:
         """What was done, without the plan (the study's ``chosen["aim"]``, the benchmark's)."""
@@ -286,7 +286,7 @@ def aim(
         top = space.max_scale(keep)
         top_ratio = measured(top) if top > 1.0 else ratio
         if top_ratio > target:
-            return _aimed(at(top), top_ratio, top, False, tried, target=target)
+            return _aimed(at(top), top_ratio, top, False, target, tried)
         low, high, high_ratio = 1.0, top, top_ratio
     for _ in range(steps):
         middle = (low + high) / 2
@@ -326,7 +326,7 @@ def aim(
         )  # fmt: skip
         high, units = labels.get(fitted.key(), (high, units))
     fits = fitted_ratio <= target  # False only where every plan re-read came out over
-    return _aimed(fitted, fitted_ratio, high, fits, tried, grown, units, rechecked, target)
+    return _aimed(fitted, fitted_ratio, high, fits, target, tried, grown, units, rechecked)
 
 
 def _confirm(
@@ -441,11 +441,11 @@ def _aimed(
     ratio: float,
     scale: float,
     fits: bool,
+    target: float,
     tried: list[tuple[float, float]],
     grown_tried: list[tuple[int, float]] | None = None,
     grown: int = 0,
     rechecked: list[tuple[float, float]] | None = None,
-    target: float | None = None,
 ) -> Aimed:
     aimed: dict[str, Any] = {"scale": round(scale, 4), "measured": round(ratio, 4)}
     if grown:
@@ -453,6 +453,6 @@ def _aimed(
     if rechecked:
         aimed["rechecked"] = len(rechecked)
     return Aimed(
-        plan.with_provenance(aim=aimed), ratio, scale, fits, tried, grown_tried or [], grown,
-        rechecked or [], target,
+        plan.with_provenance(aim=aimed), ratio, scale, fits, target, tried, grown_tried or [],
+        grown, rechecked or [],
     )  # fmt: skip
