@@ -85,9 +85,10 @@ class ChooseConfig(_Strict):
     aim_confirm: int = Field(
         2,
         ge=0,
-        description="re-read the aimed plan (then the next plans under the target) up to this "
-        "many times and take the first whose fresh reading is also under the target: the "
-        "largest plan read under it is the one whose reading came out low",
+        description="re-read the aimed plan, then the next plans under the target, and take "
+        "the first whose fresh reading is also under the target (the largest plan read under "
+        "it is the one whose reading came out low); after this many refusals each step down "
+        "first measures the plans between, and at most 3 times this many plans are re-read",
     )
     aim_margin: float = Field(
         0.0,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from amc.choose import _confirm, aim, best_rescored, choose, latency_meter, rescore
+from amc.choose import CONFIRM_ROUNDS, _confirm, aim, best_rescored, choose, latency_meter, rescore
 from amc.evaluate import EvalResult, TaskSpec, Workload
 from amc.latency_table import LatencyTable
 from amc.measure import count_flops
@@ -241,12 +241,15 @@ def test_aim_confirms_its_pick_with_a_fresh_reading(model: torch.nn.Module) -> N
     assert honest.plan.key() == aim(space, plan, measured_flops(model)).plan.key()
 
 
-def test_aim_takes_the_next_unread_plan_when_no_pick_confirms(model: torch.nn.Module) -> None:
-    space = flops_space(model, 0.5)
+def test_aim_re_reads_the_next_plan_down_when_the_pick_does_not_confirm(
+    model: torch.nn.Module,
+) -> None:
+    space, true = flops_space(model, 0.5), measured_flops(model)
     once = aim(space, shaped_plan(space), lucky_first(model, 0.92), confirm=1)
-    assert len(once.rechecked) == 1 and once.rechecked[0][1] > 0.5  # refused
-    assert once.ratio <= 0.5  # the next plan read under the target, on its one reading
-    assert once.fits
+    assert len(once.rechecked) >= 2 and once.rechecked[0][1] > 0.5  # the pick refused
+    assert all(fresh > 0.5 for _, fresh in once.rechecked[:-1])
+    assert once.ratio == once.rechecked[-1][1] <= 0.5  # taken on its fresh reading
+    assert once.fits and true(once.plan) <= 0.5
 
     read: set[tuple[object, ...]] = set()
 
@@ -279,9 +282,12 @@ def test_confirm_measures_the_plans_between_before_dropping_a_step(
     def measure(plan: PruningPlan) -> float:
         return true[plan.key()]
 
+    refills: list[tuple[PruningPlan, float, PruningPlan]] = []
+
     def refill(under: PruningPlan, under_ratio: float, over: PruningPlan) -> None:
-        assert (under, under_ratio, over) == (plans[0.5], 0.30, plans[0.8])
-        readings.extend([(plans[0.7], 0.48), (plans[0.6], 0.40)])  # as a fill would read
+        refills.append((under, under_ratio, over))
+        if over == plans[0.8]:  # as a fill would read between 0.5 and 0.8
+            readings.extend([(plans[0.7], 0.48), (plans[0.6], 0.40)])
 
     rechecked: list[tuple[float, float]] = []
     plan, ratio = _confirm(
@@ -289,6 +295,7 @@ def test_confirm_measures_the_plans_between_before_dropping_a_step(
     )  # fmt: skip
     assert (plan, ratio) == (plans[0.7], 0.48)  # not the 0.30 plan a step below
     assert rechecked == [(0.49, 0.53), (0.495, 0.52), (0.48, 0.48)]
+    assert refills == [(plans[0.5], 0.30, plans[0.8])]  # between the next one and the refused
 
     # the largest plan between re-reads over: the next one between is re-read, then taken
     readings[3:] = []
@@ -296,16 +303,55 @@ def test_confirm_measures_the_plans_between_before_dropping_a_step(
     rechecked.clear()
     plan, ratio = _confirm(plans[0.9], 0.49, readings, 0.5, measure, 2, rechecked, refill=refill)
     assert (plan, ratio) == (plans[0.6], 0.40)
-    # every plan between re-reads over too: the next plan, as without a refill
+    # every plan between re-reads over too: the next plan, once its fresh reading confirms it
     readings[3:] = []
     true[plans[0.6].key()] = 0.505
     rechecked.clear()
+    refills.clear()
     plan, ratio = _confirm(plans[0.9], 0.49, readings, 0.5, measure, 2, rechecked, refill=refill)
     assert (plan, ratio) == (plans[0.5], 0.30)
-    assert [first for first, _ in rechecked] == [0.49, 0.495, 0.48, 0.40]
-    # without one, the next plan at once
+    assert [first for first, _ in rechecked] == [0.49, 0.495, 0.48, 0.40, 0.30]
+    assert refills[-1] == (plans[0.5], 0.30, plans[0.6])  # below the smallest refused
+    # without one, the next plan is re-read at once
     readings[3:] = []
-    assert _confirm(plans[0.9], 0.49, readings, 0.5, measure, 2, [])[0] == plans[0.5]
+    rechecked.clear()
+    assert _confirm(plans[0.9], 0.49, readings, 0.5, measure, 2, rechecked)[0] == plans[0.5]
+    assert [first for first, _ in rechecked] == [0.49, 0.495, 0.30]
+
+
+def test_confirm_never_takes_a_plan_on_one_reading_while_rounds_are_left(
+    model: torch.nn.Module,
+) -> None:
+    """The next plan down read under the target once, by luck like the two refused above it:
+    it is re-read and refused too, and the walk goes on down (refilling below it) to a plan
+    whose fresh reading confirms it. Only when the rounds are spent is a plan taken unread."""
+    space = flops_space(model, 0.5)
+    plans = {
+        keep: space.make_plan({unit.name: keep for unit in space.units}, fit=False)
+        for keep in (0.4, 0.5, 0.6, 0.7, 0.8)
+    }
+    true = {plans[0.4].key(): 0.35, plans[0.5].key(): 0.46, plans[0.6].key(): 0.53,
+            plans[0.7].key(): 0.55, plans[0.8].key(): 0.56}  # fmt: skip
+    readings = [(plans[0.8], 0.49), (plans[0.7], 0.495), (plans[0.6], 0.48), (plans[0.4], 0.35)]
+
+    def measure(plan: PruningPlan) -> float:
+        return true[plan.key()]
+
+    def refill(under: PruningPlan, under_ratio: float, over: PruningPlan) -> None:
+        if (under, over) == (plans[0.4], plans[0.6]):
+            readings.append((plans[0.5], 0.46))
+
+    rechecked: list[tuple[float, float]] = []
+    plan, ratio = _confirm(plans[0.8], 0.49, readings, 0.5, measure, 2, rechecked, refill=refill)
+    assert (plan, ratio) == (plans[0.5], 0.46)  # the 0.6 plan's one reading was not trusted
+    assert [first for first, _ in rechecked] == [0.49, 0.495, 0.48, 0.46]
+
+    # confirm=1: three re-reads in all, spent on the pick, 0.7 and 0.6; the next plan unread
+    readings[4:] = []
+    rechecked.clear()
+    plan, ratio = _confirm(plans[0.8], 0.49, readings, 0.5, measure, 1, rechecked)
+    assert len(rechecked) == CONFIRM_ROUNDS == 3
+    assert (plan, ratio) == (plans[0.4], 0.35)
 
 
 def test_aim_says_when_even_the_lower_bound_measures_over(model: torch.nn.Module) -> None:
