@@ -290,6 +290,35 @@ def test_the_latency_goal_reads_milliseconds_and_shows_the_paired_ratio_beside_t
     assert "NOT MET" in first
 
 
+def test_a_champion_slower_in_the_mean_is_equal_unless_the_paired_rounds_say_slower() -> None:
+    from amc.space import Target
+
+    def entry(acc: float, ms: float) -> dict[str, object]:
+        return {"acc": (acc, 0.0), "lat1": (ms, 0.0), "ratio1": (ms / 2.5, 0.0),
+                "ratios1": [ms / 2.5]}  # fmt: skip
+
+    summary = {"dense": {"lat1": (2.5, 0.0)}, "tpe": entry(0.85, 1.01),
+               "tp_uniform": entry(0.83, 1.00)}  # fmt: skip
+
+    def runs(tpe_ms: list[float]) -> list[dict[str, object]]:
+        rounds = [{"dense": 2.5, "tpe": ms, "tp_uniform": 1.0} for ms in tpe_ms]
+        return [{"seed": 0, "strategies": {}, "latency_rounds": {"1": rounds}}]
+
+    mixed = benchmark.goals(summary, runs([1.05, 0.97] * 6), Target("latency", 0.4), 1)[0]
+    assert "slower in 6 of 12 paired rounds (sign test p=0.61)" in mixed
+    assert "(met: latency equal within the final run's noise)" in mixed
+    assert "MET (latency equal within noise, not lower)" in mixed and "NOT MET" not in mixed
+    # slower in nearly every round: slower, however little
+    steady = benchmark.goals(summary, runs([1.01] * 11 + [0.99]), Target("latency", 0.4), 1)[0]
+    assert "slower in 11 of 12 paired rounds (sign test p=0.00)" in steady
+    assert "NOT MET" in steady and "(missed)" in steady
+    # too few rounds to test: the strict reading
+    few = benchmark.goals(summary, runs([1.05, 0.97]), Target("latency", 0.4), 1)[0]
+    assert "paired rounds" not in few and "NOT MET" in few
+    assert benchmark.slower_test([1.01] * 9) is None
+    assert benchmark.slower_test([1.0] * 10) is None  # every round tied
+
+
 def test_aim_margin_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     assert benchmark.parse_args(["--quick", "--aim-margin", "0.02"]).aim_margin == 0.02
     with pytest.raises(SystemExit) as exit_:
