@@ -264,6 +264,18 @@ def test_aim_re_reads_the_next_plan_down_when_the_pick_does_not_confirm(
     assert not none.fits and none.ratio == 0.6
 
 
+def even_plans(
+    space: SearchSpace, ratios: dict[float, float]
+) -> tuple[dict[float, PruningPlan], dict[tuple[object, ...], float]]:
+    """Plans keeping the same fraction of every unit, by fraction, and a meter's true ratio
+    for each (``ratios``: fraction kept -> ratio), by plan key."""
+    plans = {
+        keep: space.make_plan({unit.name: keep for unit in space.units}, fit=False)
+        for keep in ratios
+    }
+    return plans, {plans[keep].key(): ratio for keep, ratio in ratios.items()}
+
+
 def test_confirm_measures_the_plans_between_before_dropping_a_step(
     model: torch.nn.Module,
 ) -> None:
@@ -271,12 +283,7 @@ def test_confirm_measures_the_plans_between_before_dropping_a_step(
     it is far below, the plans between are measured and one of them, confirmed by a fresh
     reading, is taken; a plan between read under the target only once never is."""
     space = flops_space(model, 0.5)
-    plans = {
-        keep: space.make_plan({unit.name: keep for unit in space.units}, fit=False)
-        for keep in (0.5, 0.6, 0.7, 0.8, 0.9)
-    }
-    true = {plans[0.5].key(): 0.30, plans[0.6].key(): 0.40, plans[0.7].key(): 0.48,
-            plans[0.8].key(): 0.52, plans[0.9].key(): 0.53}  # fmt: skip
+    plans, true = even_plans(space, {0.5: 0.30, 0.6: 0.40, 0.7: 0.48, 0.8: 0.52, 0.9: 0.53})
     readings = [(plans[0.9], 0.49), (plans[0.8], 0.495), (plans[0.5], 0.30)]  # two read low
 
     def measure(plan: PruningPlan) -> float:
@@ -326,12 +333,7 @@ def test_confirm_never_takes_a_plan_on_one_reading_while_rounds_are_left(
     it is re-read and refused too, and the walk goes on down (refilling below it) to a plan
     whose fresh reading confirms it. Only when the rounds are spent is a plan taken unread."""
     space = flops_space(model, 0.5)
-    plans = {
-        keep: space.make_plan({unit.name: keep for unit in space.units}, fit=False)
-        for keep in (0.4, 0.5, 0.6, 0.7, 0.8)
-    }
-    true = {plans[0.4].key(): 0.35, plans[0.5].key(): 0.46, plans[0.6].key(): 0.53,
-            plans[0.7].key(): 0.55, plans[0.8].key(): 0.56}  # fmt: skip
+    plans, true = even_plans(space, {0.4: 0.35, 0.5: 0.46, 0.6: 0.53, 0.7: 0.55, 0.8: 0.56})
     readings = [(plans[0.8], 0.49), (plans[0.7], 0.495), (plans[0.6], 0.48), (plans[0.4], 0.35)]
 
     def measure(plan: PruningPlan) -> float:
