@@ -237,12 +237,13 @@ def aim(
         measure: plan -> its measured cost as a fraction of the dense model's (for latency
             targets :func:`latency_meter`).
         steps: bisection steps after the first measurements.
-        confirm: re-read plans before taking one (:func:`_confirm`), in rounds of up to
-            this many: the largest plan measured under the target is, among plans near it,
-            the one whose reading came out low, so a fresh reading of it is on average higher
-            (the winner's curse); walking down the plans read under the target, the first
-            whose fresh reading is also at or under it is taken, with that reading as its
-            ratio.
+        confirm: re-read plans before taking one (:func:`_confirm`; after this many
+            refusals each step down first measures the plans between, and at most
+            ``CONFIRM_ROUNDS`` times this many are re-read): the largest plan measured under
+            the target is, among plans near it, the one whose reading came out low, so a
+            fresh reading of it is on average higher (the winner's curse); walking down the
+            plans read under the target, the first whose fresh reading is also at or under
+            it is taken, with that reading as its ratio.
         margin: aim at ``target * (1 - margin)``, trading that much budget for a plan that
             stays under the target when timed again later. What a plan reads later is spread
             around what the aim read: on the project's VM the benchmark's final run read the

@@ -331,7 +331,7 @@ def test_confirm_never_takes_a_plan_on_one_reading_while_rounds_are_left(
 ) -> None:
     """The next plan down read under the target once, by luck like the two refused above it:
     it is re-read and refused too, and the walk goes on down (refilling below it) to a plan
-    whose fresh reading confirms it. Only when the rounds are spent is a plan taken unread."""
+    whose fresh reading confirms it. Only when the re-reads are spent is a plan taken unread."""
     space = flops_space(model, 0.5)
     plans, true = even_plans(space, {0.4: 0.35, 0.5: 0.46, 0.6: 0.53, 0.7: 0.55, 0.8: 0.56})
     readings = [(plans[0.8], 0.49), (plans[0.7], 0.495), (plans[0.6], 0.48), (plans[0.4], 0.35)]
