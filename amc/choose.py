@@ -243,7 +243,8 @@ def aim(
             the target is, among plans near it, the one whose reading came out low, so a
             fresh reading of it is on average higher (the winner's curse); walking down the
             plans read under the target, the first whose fresh reading is also at or under
-            it is taken, with that reading as its ratio.
+            it is taken, with that reading as its ratio; when all are refused, plans halfway
+            from the smallest refused to the lower bound are measured next.
         margin: aim at ``target * (1 - margin)``, trading that much budget for a plan that
             stays under the target when timed again later. What a plan reads later is spread
             around what the aim read: on the project's VM the benchmark's final run read the
@@ -283,10 +284,10 @@ def aim(
         return ratio
 
     ratio = measured(1.0)
+    top = space.max_scale(keep)
     if ratio <= target:
         low, high, high_ratio = 0.0, 1.0, ratio  # low (dense) is taken to miss the target
     else:
-        top = space.max_scale(keep)
         top_ratio = measured(top) if top > 1.0 else ratio
         if top_ratio > target:
             return _aimed(at(top), top_ratio, top, False, target, tried)
@@ -318,6 +319,16 @@ def aim(
             labels[grown_plan.key()] = (scale, count)
         return best, ratio
 
+    def lower(refused: PruningPlan) -> tuple[PruningPlan, float] | None:
+        """The plan halfway from ``refused``'s factor to the lower bound's, measured; None
+        where that is the same plan."""
+        scale = labels.get(refused.key(), (high, 0))[0]
+        smaller = (scale + top) / 2
+        if at(smaller).key() == refused.key():
+            return None
+        labels[at(smaller).key()] = (smaller, 0)
+        return at(smaller), measured(smaller)
+
     if steps > 0:
         fitted, fitted_ratio = fill(fitted, fitted_ratio, at(low))
         high, units = labels[fitted.key()]
@@ -325,7 +336,7 @@ def aim(
     if confirm:
         fitted, fitted_ratio = _confirm(
             fitted, fitted_ratio, readings, target, measure, confirm, rechecked,
-            refill=fill if steps > 0 else None,
+            refill=fill if steps > 0 else None, lower=lower,
         )  # fmt: skip
         high, units = labels.get(fitted.key(), (high, units))
     fits = fitted_ratio <= target  # False only where every plan re-read came out over
@@ -341,6 +352,7 @@ def _confirm(
     confirm: int,
     rechecked: list[tuple[float, float]],
     refill: Callable[[PruningPlan, float, PruningPlan], object] | None = None,
+    lower: Callable[[PruningPlan], tuple[PruningPlan, float] | None] | None = None,
 ) -> tuple[PruningPlan, float]:
     """Walk down the plans measured under the target (the pick, then the others, highest
     reading first), re-reading each; the first whose fresh reading is at or under the target
@@ -355,13 +367,27 @@ def _confirm(
     on its one reading while re-reads are left (``CONFIRM_ROUNDS * confirm`` in all): in the
     project's batch-1 benchmark a next plan taken so (read 0.397) read 0.444 in the final
     run, like the two plans above it that had just been refused. When they are spent, the
-    next plan not re-read is taken on its one reading; when every plan was re-read and
-    refused, the one whose fresh reading was lowest (then :func:`aim` says it does not fit).
+    next plan not re-read is taken on its one reading. When every plan read under the target
+    was re-read and refused, ``lower(smallest refused)`` (a smaller plan, measured; None when
+    there is none) supplies the next ones, up to ``CONFIRM_ROUNDS`` of them: a pick that
+    started the bisection at its own size has no smaller plan measured. Failing that, the
+    plan whose fresh reading was lowest (then :func:`aim` says it does not fit).
     ``rechecked`` gets (first reading, fresh reading) for every plan re-read."""
     candidates = _under(readings, target, [(pick, pick_ratio)])
     refused: list[tuple[PruningPlan, float]] = []
-    index = 0
-    while index < len(candidates) and len(refused) < CONFIRM_ROUNDS * confirm:
+    smallest = pick  # the smallest plan refused or read over so far
+    index = lowered = 0
+    while len(refused) < CONFIRM_ROUNDS * confirm:
+        if index >= len(candidates):
+            found = lower(smallest) if lower is not None and lowered < CONFIRM_ROUNDS else None
+            if found is None:
+                break
+            lowered += 1
+            if found[1] <= target:
+                candidates.append(found)
+            else:  # read over at once: the next one is smaller still
+                smallest = found[0]
+            continue
         if refill is not None and len(refused) >= confirm:
             before = len(readings)
             refill(candidates[index][0], candidates[index][1], refused[-1][0])
@@ -375,6 +401,7 @@ def _confirm(
         if fresh <= target:
             return plan, fresh
         refused.append((plan, fresh))
+        smallest = plan
         index += 1
     if index < len(candidates):
         return candidates[index]

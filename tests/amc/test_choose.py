@@ -356,6 +356,31 @@ def test_confirm_never_takes_a_plan_on_one_reading_while_rounds_are_left(
     assert (plan, ratio) == (plans[0.4], 0.35)
 
 
+def test_aim_measures_smaller_plans_when_its_starting_plan_is_the_only_one_under(
+    model: torch.nn.Module,
+) -> None:
+    """The starting plan read just under the target, so the bisection measured only larger
+    plans (all over); its fresh reading comes out over too. The walk then measures a plan
+    smaller than it, instead of returning it as not fitting."""
+    space, true = flops_space(model, 0.5), measured_flops(model)
+    plan = shaped_plan(space)
+    start = aim(space, plan, true, steps=0).plan.key()  # the plan at factor 1
+    assert true(plan) <= 0.5
+    seen: set[tuple[object, ...]] = set()
+
+    def unlucky_start(candidate: PruningPlan) -> float:  # its second reading comes out over
+        again = candidate.key() in seen
+        seen.add(candidate.key())
+        return 0.51 if again and candidate.key() == start else true(candidate)
+
+    aimed = aim(space, plan, unlucky_start, confirm=1)
+    assert aimed.rechecked[0] == (pytest.approx(true(plan)), 0.51)  # the start, refused
+    assert aimed.fits and aimed.plan.key() != start and aimed.scale > 1.0
+    assert aimed.ratio == aimed.rechecked[-1][1] == pytest.approx(true(aimed.plan))
+    assert aimed.ratio <= 0.5
+    assert any(scale > 1.0 for scale, _ in aimed.tried)  # a smaller plan was measured
+
+
 def test_aim_says_when_even_the_lower_bound_measures_over(model: torch.nn.Module) -> None:
     space = flops_space(model, 0.5)
     aimed = aim(space, shaped_plan(space), measured_flops(model, 50.0))
