@@ -322,8 +322,7 @@ def aim(
     def lower(refused: PruningPlan) -> tuple[PruningPlan, float] | None:
         """The plan halfway from ``refused``'s factor to the lower bound's, measured; None
         where that is the same plan."""
-        scale = labels.get(refused.key(), (high, 0))[0]
-        smaller = (scale + top) / 2
+        smaller = (labels.get(refused.key(), (high, 0))[0] + top) / 2
         if at(smaller).key() == refused.key():
             return None
         labels[at(smaller).key()] = (smaller, 0)
