@@ -41,6 +41,9 @@ from amc.units import LayerCost, Unit, UnitGraph, analyze
 
 _BISECTION_STEPS = 60
 _SCAN_SAMPLES = 65  # points a repair scans before bisecting (every 1/64 of the range)
+# measured plans the calibration rests on before it may warn that the target is out of reach:
+# one noisy first reading (a busy machine, a cold start) must not raise a false alarm
+FLOOR_WARN_PLANS = 3
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,9 @@ class SearchSpace:
         slower (or faster) than it predicts on a given device. Each measured plan is evidence:
         with the estimate scaled by the running median of measured/estimated, later clips and
         repairs aim at what the device really does. Returns the scale now in force.
+
+        A scale that would put even the smallest plan over the target is capped so every ask
+        still fits, and warned about once it rests on ``FLOOR_WARN_PLANS`` measured plans.
         """
         if self.latency_table is None or not math.isfinite(measured_fraction):
             return 1.0
@@ -320,7 +326,7 @@ class SearchSpace:
             # the smallest plan just inside it; plans measured over it are recorded as such.
             capped = self.latency_table.scale * self.target.fraction / smallest * (1 - 1e-6)
             self.latency_table = replace(table, scale=capped)
-            if not self._floor_warned:
+            if not self._floor_warned and len(self._latency_ratios) >= FLOOR_WARN_PLANS:
                 self._floor_warned = True
                 warnings.warn(
                     f"Target {self.target} is below what this search space reaches on the "
