@@ -48,9 +48,11 @@ def rescore(
     plans: Sequence[PruningPlan],
     steps: int,
     held_out: Dataset | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> list[EvalResult]:
     """Evaluate ``plans`` again, each fine-tuned ``steps`` steps (otherwise as the search did:
     the same adaptive BN, learning rate, batch size, data order and held-out batches).
+    ``on_step("rescore")`` is called after each plan (a progress display's hook).
 
     ``held_out``: score them on these samples instead of the search's held-out ones. The
     plans re-scored are the few the search ranked best, often a point or less apart, and on
@@ -61,7 +63,12 @@ def rescore(
     longer = workload.with_finetune(steps)
     if held_out is not None:
         longer = longer.with_held_out(held_out)
-    return [longer.evaluate(plan) for plan in plans]
+    results = []
+    for plan in plans:
+        results.append(longer.evaluate(plan))
+        if on_step is not None:
+            on_step("rescore")
+    return results
 
 
 def best_rescored(plans: Sequence[PruningPlan], results: Sequence[EvalResult]) -> PruningPlan:
@@ -105,6 +112,7 @@ def choose(
     aim_confirm: int = 0,
     aim_first: bool = True,
     aim_margin: float = 0.0,
+    on_step: Callable[[str], None] | None = None,
 ) -> Choice:
     """The plan to deliver among ``plans`` (the search's best first).
 
@@ -118,10 +126,14 @@ def choose(
     finished 4.5 points under the uniform plan, ``experiments/results/2026-12-07-vm-steady.md``).
     It costs one aim per candidate instead of one. A candidate whose aim found no size
     measured under the target (:attr:`Aimed.fits` false) is delivered only if none fits.
-    ``aim_margin``: :func:`aim`'s ``margin``.
+    ``aim_margin``: :func:`aim`'s ``margin``. ``on_step``: called with ``"reading"`` after
+    each latency measurement and ``"rescore"`` after each re-scored plan (a progress display's
+    hook: the aims and re-scores of a few plans take minutes).
     """
     if not plans:
         raise ValueError("Expected at least one plan to choose from, got none.")
+    if meter is not None and on_step is not None:
+        meter = _reporting(meter, on_step)
     aimed: dict[int, Aimed] = {}
 
     def aimed_plan(index: int) -> PruningPlan:
@@ -136,13 +148,24 @@ def choose(
     if rescore_steps is not None and len(plans) > 1:
         if meter is not None and aim_first:
             scored = [aimed_plan(i) for i in range(len(plans))]
-        results = rescore(workload, scored, rescore_steps, held_out)
+        results = rescore(workload, scored, rescore_steps, held_out, on_step)
         index = _best_index(results)
         fitting = [i for i in aimed if aimed[i].fits]
         if aimed and fitting and index not in fitting:  # one the aim could not fit ranks last
             index = fitting[_best_index([results[i] for i in fitting])]
     plan = aimed_plan(index) if meter is not None else scored[index]
     return Choice(index, plan, results, aimed)
+
+
+def _reporting(
+    meter: Callable[[PruningPlan], float], on_step: Callable[[str], None]
+) -> Callable[[PruningPlan], float]:
+    def measure(plan: PruningPlan) -> float:
+        ratio = meter(plan)
+        on_step("reading")
+        return ratio
+
+    return measure
 
 
 def latency_meter(

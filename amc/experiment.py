@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from amc.artifacts import save_pruned
 from amc.config import ExperimentConfig
@@ -433,12 +434,14 @@ def _choose(
             + f") with {choose.rescore_steps} fine-tune steps each"
             + (", each aimed first" if meter is not None and choose.aim_first else "")
         )
-    picked = choose_plan(
-        workload, experiment.space, [candidate[1] for candidate in candidates],
-        rescore_steps=choose.rescore_steps if rescoring else None, meter=meter,
-        aim_steps=choose.aim_steps, aim_confirm=choose.aim_confirm, aim_first=choose.aim_first,
-        aim_margin=choose.aim_margin,
-    )  # fmt: skip
+    shown = progress and (rescoring or meter is not None)
+    with _choosing(shown, len(candidates) if rescoring else 0) as on_step:
+        picked = choose_plan(
+            workload, experiment.space, [candidate[1] for candidate in candidates],
+            rescore_steps=choose.rescore_steps if rescoring else None, meter=meter,
+            aim_steps=choose.aim_steps, aim_confirm=choose.aim_confirm,
+            aim_first=choose.aim_first, aim_margin=choose.aim_margin, on_step=on_step,
+        )  # fmt: skip
     trial, _, metrics = candidates[picked.index]
     plan = picked.plan
     chosen: dict[str, Any] = {"trial": trial.number if trial is not None else None}
@@ -466,6 +469,37 @@ def _choose(
             metrics["latency_ms"] = aimed.ratio * dense_ms
         chosen["aim"] = aimed.to_json()
     return trial, plan, metrics, chosen
+
+
+@contextlib.contextmanager
+def _choosing(enabled: bool, plans: int) -> Iterator[Callable[[str], None] | None]:
+    """A live line for :func:`amc.choose.choose` (its aims and re-scores take minutes): the
+    latency readings taken, the ``plans`` re-scored (0: no re-score), the time spent. Yields
+    its ``on_step``."""
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]choosing the plan"),
+        TextColumn("{task.fields[readings]} latency readings"),
+        TextColumn(f"{{task.completed:.0f}}/{plans} re-scored" if plans else ""),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("choose", total=plans or None, readings=0)
+        readings = 0
+
+        def on_step(kind: str) -> None:
+            nonlocal readings
+            if kind == "reading":
+                readings += 1
+                bar.update(task, readings=readings)
+            else:
+                bar.advance(task)
+
+        yield on_step
 
 
 def _final_finetune(

@@ -182,6 +182,33 @@ def test_choose_ranks_the_candidates_at_the_size_each_is_aimed_to(
         choose(first, space, [])  # type: ignore[arg-type]
 
 
+def test_choose_reports_each_reading_and_each_re_score(model: torch.nn.Module) -> None:
+    """``on_step`` (a progress display's hook) hears of every measurement the aims take and
+    every plan re-scored, as they happen."""
+    space = flops_space(model, 0.5)
+    plans = [space.make_plan({unit.name: keep for unit in space.units}, fit=False)
+             for keep in (0.9, 0.6)]  # fmt: skip
+    measure, taken = measured_flops(model), []
+
+    def counted(plan: PruningPlan) -> float:
+        taken.append(plan)
+        return measure(plan)
+
+    steps: list[str] = []
+
+    class Logged(FirstUnitScores):
+        def evaluate(self, plan: PruningPlan) -> EvalResult:
+            steps.append("evaluated")
+            return super().evaluate(plan)
+
+    choose(Logged(), space, plans, rescore_steps=7, meter=counted, aim_steps=6,  # type: ignore[arg-type]
+           on_step=steps.append)  # fmt: skip
+    assert len(taken) > len(plans)  # the aims measured more than one plan each
+    assert steps.count("reading") == len(taken)
+    assert steps[-4:] == ["evaluated", "rescore", "evaluated", "rescore"]  # after each plan
+    assert "reading" not in steps[steps.index("evaluated") :]  # aimed first, then re-scored
+
+
 def test_aim_grows_units_one_by_one_where_a_factor_step_moves_many(
     model: torch.nn.Module,
 ) -> None:

@@ -68,10 +68,11 @@ def test_a_latency_target_times_kernels_on_the_configured_grid_and_the_study_kee
 
 
 def test_the_aim_reads_the_median_of_the_configured_repeats(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`choose.aim_repeats` reaches the meter that sizes the delivered plan, and
-    `choose.aim_margin` the target it aims at."""
+    `choose.aim_margin` the target it aims at; with progress on, a live line counts the
+    aim's readings."""
     import amc.choose
 
     repeats: list[int] = []
@@ -95,8 +96,12 @@ def test_the_aim_reads_the_median_of_the_configured_repeats(
     space = prepared.space
     plan = space.make_plan({unit.name: 1.0 for unit in space.units})
     trial = SimpleNamespace(number=0, plan=plan, metrics={"accuracy": 0.5})
-    _, aimed, metrics, chosen = experiment._choose(prepared, [trial], progress=False)
+    _, aimed, metrics, chosen = experiment._choose(prepared, [trial], progress=True)
     assert repeats == [2]
+    aim = chosen["aim"]
+    readings = len(aim["tried"]) + len(aim["grown_tried"]) + len(aim["rechecked"])
+    shown = capsys.readouterr().err
+    assert "choosing the plan" in shown and f"{readings} latency readings" in shown
     assert chosen["aim"]["target"] == pytest.approx(space.target.fraction * 0.95)
     assert chosen["aim"]["tried"] and metrics["latency_ratio"] == chosen["aim"]["ratio"]
     assert aimed.provenance["aim"]["measured"] == round(chosen["aim"]["ratio"], 4)
