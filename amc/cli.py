@@ -497,8 +497,11 @@ def _run_experiment(config: Any, *, progress: bool, resume: bool) -> None:
     console.print(comparison_table(finished.rows, title=f"{prepared.study}: dense vs pruned"))
     console.print(
         f"{outcome.completed} episodes recorded in study {prepared.study!r} ({storage}), "
-        f"{outcome.failed} failed, {outcome.elapsed_s:.0f} s"
-    )
+        f"{outcome.failed} failed, "
+        + (f"{outcome.over_budget} over budget (recorded, not counted), " if outcome.over_budget
+           else "")
+        + f"{outcome.elapsed_s:.0f} s"
+    )  # fmt: skip
     if finished.plan_path:
         console.print(f"best plan:    {finished.plan_path}")
     if finished.pruned_dir:

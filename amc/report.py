@@ -248,13 +248,14 @@ def studies_table(rows: Sequence[Mapping[str, Any]], title: str = "Studies") -> 
         "objectives",
         "complete",
         "failed",
+        "over budget",
         "running",
         "best",
         "created",
     ):
         table.add_column(
             column,
-            justify="right" if column in ("complete", "failed", "running", "best") else "left",
+            justify="left" if column in ("study", "agent", "objectives", "created") else "right",
         )
     for row in rows:
         table.add_row(*_study_cells(row))
@@ -266,6 +267,7 @@ def summary_markdown(record: SearchRecord, plots: Sequence[Path] = (), n_best: i
     attrs = record.attrs
     trials = record.trials()
     counts = {state: sum(t.state == state for t in trials) for state in ("COMPLETE", "FAIL")}
+    over = sum(t.state == "FAIL" and t.metrics.get("status") == "over_budget" for t in trials)
     objectives = record.objectives
     lines = [f"# Study `{record.name}`", ""]
     lines += [
@@ -277,7 +279,8 @@ def summary_markdown(record: SearchRecord, plots: Sequence[Path] = (), n_best: i
             f"{name} ({direction})"
             for name, direction in zip(objectives, record.directions, strict=True)
         ),
-        f"- trials: {counts['COMPLETE']} complete, {counts['FAIL']} failed, "
+        f"- trials: {counts['COMPLETE']} complete, {counts['FAIL'] - over} failed, "
+        f"{over} over budget (measured over the target), "
         f"{len(trials) - counts['COMPLETE'] - counts['FAIL']} other",
         f"- model fingerprint: `{attrs.get('fingerprint', 'unknown')}`",
         f"- created: {attrs.get('created', 'unknown')}",
@@ -567,6 +570,7 @@ def _study_cells(row: Mapping[str, Any]) -> list[str]:
         ),
         str(row.get("complete", 0)),
         str(row.get("fail", 0)),
+        str(row.get("over_budget", 0)),
         str(row.get("running", 0)),
         best_text,
         created.strftime("%Y-%m-%d %H:%M UTC") if created else "-",

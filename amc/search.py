@@ -59,6 +59,7 @@ class SearchOutcome:
     interrupted: bool
     elapsed_s: float
     rewards: list[float] = field(default_factory=list)
+    over_budget: int = 0  # plans measured over the target: recorded, not counted as episodes
 
 
 def reward_of(result: EvalResult, kind: str = "err") -> float:
@@ -242,6 +243,7 @@ def run_search(
         interrupted=False,
         elapsed_s=time.monotonic() - started,
         rewards=rewards,
+        over_budget=over_budget,
     )
 
 

@@ -630,6 +630,9 @@ class SearchRecord:
 def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
     """One row per study: name, directions, objectives, agent, counts, best value(s), created.
 
+    Counts: ``complete``, ``fail`` (failed evaluations), ``over_budget`` (plans measured over
+    the target, which Optuna holds as FAIL too) and ``running``.
+
     ``best`` is the best value (single objective) or the best value per objective (several);
     ``created`` is a timezone-aware datetime or None.
     """
@@ -639,8 +642,11 @@ def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
         study_id = storage.get_study_id_from_name(study.study_name)
         trials = storage.get_all_trials(study_id, deepcopy=False)
         counts = {state: 0 for state in ("COMPLETE", "FAIL", "RUNNING")}
+        over_budget = 0  # FAIL trials measured over the target: recorded, not episodes
         for trial in trials:
             counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+            if trial.state == TrialState.FAIL:
+                over_budget += trial.user_attrs.get("status") == "over_budget"
         directions = [d.name.lower() for d in study.directions]
         done = [t.values for t in trials if t.state == TrialState.COMPLETE and t.values]
         best: list[float] = []
@@ -657,7 +663,8 @@ def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
                 "objectives": attrs.get("objectives"),
                 "agent": attrs.get("agent"),
                 "complete": counts["COMPLETE"],
-                "fail": counts["FAIL"],
+                "fail": counts["FAIL"] - over_budget,
+                "over_budget": over_budget,
                 "running": counts["RUNNING"],
                 "best": (best[0] if len(directions) == 1 else best) if best else None,
                 "created": dt.datetime.fromisoformat(created) if created else None,

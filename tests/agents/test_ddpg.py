@@ -204,7 +204,8 @@ def test_plans_over_the_target_are_learnt_with_their_penalty_and_replayed(
     units = len(lenet_space.units)
     attrs = {"fingerprint": "sha256:0", "config": {}, "objectives": ["reward"]}
     record = SearchRecord.create(f"sqlite:///{tmp_path}/amc.db", "over", ["maximize"], attrs)
-    run_search(agent, OverBudgetEveryOther(), record, episodes=3, progress=False)
+    outcome = run_search(agent, OverBudgetEveryOther(), record, episodes=3, progress=False)
+    assert (outcome.completed, outcome.failed, outcome.over_budget) == (3, 0, 2)
     # trials 0 ok, 1 over, 2 ok, 3 over, 4 ok: every one stored, the over-budget ones at -1
     # (the reward of no accuracy), not at their measured 0.9
     rewards = agent.replay_buffer.rewards[: 5 * units, 0].tolist()

@@ -41,7 +41,8 @@ def render(table: object) -> str:
 
 @pytest.fixture
 def record(tmp_path: Path) -> SearchRecord:
-    """A study with dense and uniform baselines, four completed trials and one failure."""
+    """A study with dense and uniform baselines, four completed trials, one failure and one
+    plan measured over the target."""
     uniform = PruningPlan(units={name: UnitPlan(keep_ratio=0.5) for name in UNITS})
     attrs = {
         **ATTRS,
@@ -55,6 +56,8 @@ def record(tmp_path: Path) -> SearchRecord:
         number = record.start(proposal(episode, 0.25 + 0.2 * episode), agent="ddpg")
         record.finish(number, result(accuracy, latency), [reward])
     record.fail(record.start(proposal(4)), "nan_loss")
+    over = {**result(0.9, 1.5), "status": "over_budget", "reason": "over_budget"}
+    record.finish(record.start(proposal(5)), over, None)
     return record
 
 
@@ -73,7 +76,8 @@ def test_write_report_writes_three_pngs_and_a_summary(
     summary = paths[3].read_text()
     assert summary.startswith("# Study `demo`\n")
     assert "- target: latency = 50% of the dense model" in summary
-    assert "- trials: 4 complete, 1 failed, 0 other" in summary
+    trials = "- trials: 4 complete, 1 failed, 1 over budget (measured over the target), 0 other"
+    assert trials in summary
     assert "| dense | 90.00% | 2.000 ms | 1.00x | 1.00 M | 10.00 k |" in summary
     assert "| uniform | 70.00% | 1.100 ms | 1.82x | 500.00 k | 5.00 k |" in summary
     assert "| best (trial 3) | 85.00% | 1.100 ms | 1.82x | 500.00 k | 5.00 k |" in summary
@@ -83,7 +87,7 @@ def test_write_report_writes_three_pngs_and_a_summary(
     )
     best_rows = [line for line in summary.splitlines() if line.startswith("| 3 |")]
     assert best_rows == ["| 3 | -0.15 | 85.00% | 1.100 | 500.00 k | 5.00 k | ddpg | 3 |"]
-    assert "| nan_loss | 1 |" in summary
+    assert "| nan_loss | 1 |" in summary and "| over_budget | 1 |" in summary
     assert "![keep ratios](keep_ratios.png)" in summary and "![pareto](pareto.png)" in summary
     assert "`amc export demo --trial best --out plan.json`" in summary
 
@@ -118,6 +122,9 @@ def test_rich_tables(record: SearchRecord) -> None:
     assert text.index("-0.15") < text.index("-0.2 ")
     text = render(studies_table(list_studies(record.storage_url)))
     assert "demo" in text and "reward (max)" in text and "-0.15" in text
+    row = next(line for line in text.splitlines() if line.startswith("│ demo"))
+    assert "over budget" in text
+    assert [cell.strip() for cell in row.split("│")[4:8]] == ["4", "1", "1", "0"]
     assert summary_markdown(record, n_best=1).count("\n| 3 |") == 1
 
 

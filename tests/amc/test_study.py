@@ -298,11 +298,14 @@ def test_list_studies_counts_trials(storage_url: str) -> None:
     record.finish(record.start(proposal(0)), result(), [0.6])
     record.fail(record.start(proposal(1)), "nan_loss")
     record.start(proposal(2))
+    over = {**result(), "status": "over_budget", "reason": "over_budget"}
+    record.finish(record.start(proposal(3)), over, None)  # Optuna's FAIL, counted apart
     SearchRecord.create(storage_url, "b", ["maximize", "minimize"], {**ATTRS, "objectives": None})
     rows = {row["name"]: row for row in list_studies(storage_url)}
     assert sorted(rows) == ["a", "b"]
     a = rows["a"]
-    assert (a["complete"], a["fail"], a["running"], a["best"]) == (1, 1, 1, 0.6)
+    assert (a["complete"], a["fail"], a["over_budget"], a["running"]) == (1, 1, 1, 1)
+    assert a["best"] == 0.6
     assert a["directions"] == ["maximize"] and a["agent"] == "ddpg"
     assert a["created"] is not None and a["created"].tzinfo is not None
     assert (rows["b"]["best"], rows["b"]["directions"]) == (None, ["maximize", "minimize"])
