@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -282,6 +283,16 @@ def apply(
     console.print(table)
     console.print(
         f"wrote {artifacts.folder}/ (weights.safetensors, plan.json, program.pt2, manifest.json)"
+    )
+    bench_args = [model, "--plan", str(plan), "--input-shape", input_shape]
+    if weights is not None:
+        bench_args[1:1] = ["--weights", str(weights)]
+    if classes != 10:
+        bench_args += ["--num-classes", str(classes)]
+    console.print(
+        "latency, dense vs pruned (add --device, --batch-size as the search measured): "
+        + shlex.join(["amc", "bench", *bench_args]),
+        soft_wrap=True,
     )
 
 

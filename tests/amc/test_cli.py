@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -185,6 +186,12 @@ def test_apply_writes_a_pruned_model_that_loads_back(
     assert all(0.0 <= float(value) <= 1.0 for value in accuracy.groups())
     assert f"wrote {out_dir}/" in out
     assert sorted(os.listdir(tmp_path)) == ["plan.json", "pruned"]  # no staging folder left
+    # the command it prints for the latency runs as printed
+    hint = next(line for line in out.splitlines() if line.startswith("latency, dense vs pruned"))
+    command = shlex.split(hint.split(": ", 1)[1])
+    assert command[:4] == ["amc", "bench", MODEL, "--plan"]
+    code, bench_out, _ = run(capsys, *command[1:], "--json")
+    assert code == 0 and json.loads(bench_out)["plan"] == str(plan)
     assert PruningPlan.load(out_dir / "plan.json") == lenet_plan
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["model_spec"] == MODEL and manifest["input_shape"] == [1, 16, 16]
