@@ -148,7 +148,7 @@ def choose(
     if rescore_steps is not None and len(plans) > 1:
         if meter is not None and aim_first:
             scored = [aimed_plan(i) for i in range(len(plans))]
-        results = rescore(workload, scored, rescore_steps, held_out, on_step)
+        results = rescore(workload, scored, rescore_steps, held_out, on_step=on_step)
         index = _best_index(results)
         fitting = [i for i in aimed if aimed[i].fits]
         if aimed and fitting and index not in fitting:  # one the aim could not fit ranks last

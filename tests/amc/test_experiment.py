@@ -137,7 +137,9 @@ def test_the_uniform_plan_is_re_scored_beside_the_best_and_delivered_if_it_wins(
     uniform = {"plan": uniform_plan.to_json(), "metrics": {"accuracy": 0.5}}
     scored: list[list[str]] = []
 
-    def rescore(workload: Any, plans: Any, steps: int, held_out: Any = None) -> list[Any]:
+    def rescore(
+        workload: Any, plans: Any, steps: int, held_out: Any = None, **_: Any
+    ) -> list[Any]:
         agents = [plan.provenance["agent"] for plan in plans]  # kept through the aim
         scored.append(agents)
         score = {"uniform": 1.0, "half": 0.6, "low": 0.2}
@@ -178,7 +180,9 @@ def test_a_search_whose_uniform_plan_re_scores_best_delivers_and_exports_it(
     from amc.evaluate import EvalResult
     from amc.plan import PruningPlan
 
-    def rescore(workload: Any, plans: Any, steps: int, held_out: Any = None) -> list[Any]:
+    def rescore(
+        workload: Any, plans: Any, steps: int, held_out: Any = None, **_: Any
+    ) -> list[Any]:
         return [
             EvalResult(
                 status="ok", accuracy=1.0 if p.provenance.get("agent") == "uniform" else 0.1
