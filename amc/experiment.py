@@ -442,6 +442,9 @@ def _choose(
             aim_steps=choose.aim_steps, aim_confirm=choose.aim_confirm,
             aim_first=choose.aim_first, aim_margin=choose.aim_margin, on_step=on_step,
         )  # fmt: skip
+        uniform_aimed = None
+        if meter is not None and uniform and uniform.get("plan"):
+            uniform_aimed = _aimed_uniform(experiment, uniform, candidates, picked, meter, on_step)
     trial, _, metrics = candidates[picked.index]
     plan = picked.plan
     chosen: dict[str, Any] = {"trial": trial.number if trial is not None else None}
@@ -468,7 +471,54 @@ def _choose(
         if dense_ms:  # timed alike: the ratio is measured against the dense model
             metrics["latency_ms"] = aimed.ratio * dense_ms
         chosen["aim"] = aimed.to_json()
+    if uniform_aimed is not None:
+        chosen["uniform_aimed"] = uniform_aimed
     return trial, plan, metrics, chosen
+
+
+def _aimed_uniform(
+    experiment: Experiment,
+    uniform: Mapping[str, Any],
+    candidates: list[tuple[Any, PruningPlan, dict[str, Any]]],
+    picked: Any,
+    meter: Callable[[PruningPlan], float],
+    on_step: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """The uniform plan sized by measurement as the delivered plan is, so the two are compared
+    at the same measured latency (the uniform plan of the study is sized by the estimate, which
+    can leave it well under the target or over it): the aim done for the re-score where it was
+    a candidate, else one more. Its plan, metrics (the search's, with latency, FLOPs and params
+    of the aimed plan) and what the aim did."""
+    from amc.choose import aim
+
+    choose, workload = experiment.config.choose, experiment.workload
+    plan = PruningPlan.from_json(uniform["plan"])
+    index = next((i for i, c in enumerate(candidates) if c[1].key() == plan.key()), None)
+    found = picked.aimed.get(index) if index is not None else None
+    if found is None:
+        measure = meter
+        if on_step is not None:
+
+            def measure(candidate: PruningPlan) -> float:
+                ratio = meter(candidate)
+                on_step("reading")
+                return ratio
+
+        found = aim(
+            experiment.space, plan, measure, steps=choose.aim_steps, confirm=choose.aim_confirm,
+            margin=choose.aim_margin,
+        )  # fmt: skip
+    pruned = apply_plan(workload.model, found.plan, workload.example_inputs, graph=workload.graph)
+    metrics = _plain(uniform.get("metrics", {}))
+    for key in ("latency_ms", "latency_iqr_ms", "size_bytes"):
+        metrics.pop(key, None)
+    metrics["latency_ratio"] = found.ratio
+    dense_ms = workload.dense_metrics().get("latency_ms")
+    if dense_ms:
+        metrics["latency_ms"] = found.ratio * dense_ms
+    metrics["flops"] = count_flops(pruned, workload.example_inputs)
+    metrics["params"] = count_params(pruned)
+    return {"plan": found.plan.to_json(), "metrics": metrics, "aim": found.to_json()}
 
 
 @contextlib.contextmanager
@@ -505,13 +555,16 @@ def _choosing(enabled: bool, plans: int) -> Iterator[Callable[[str], None] | Non
 def _final_finetune(
     experiment: Experiment, record: SearchRecord, best: Any, trial: int | None, *, progress: bool
 ) -> None:
-    """Fine-tune ``best`` (in place) and the uniform plan alike; store both test accuracies."""
+    """Fine-tune ``best`` (in place) and the uniform plan alike (aimed, where the best was);
+    store both test accuracies."""
     from amc.train import evaluate, finetune, recalibrate_bn
 
     spec, workload = experiment.spec, experiment.workload
     steps = experiment.config.finetune.final_steps
     models = {"best": best}
-    uniform = record.attrs.get("uniform", {}).get("plan")
+    chosen = record.attrs.get("chosen") or {}
+    # the uniform plan as compared in the report: aimed like the best where it was
+    uniform = (chosen.get("uniform_aimed") or record.attrs.get("uniform") or {}).get("plan")
     if uniform:
         models["uniform"] = apply_plan(
             workload.model, PruningPlan.from_json(uniform), workload.example_inputs,

@@ -183,17 +183,24 @@ def latency_front(points: Sequence[Point]) -> list[Point]:
 
 
 def comparison_rows(record: SearchRecord) -> list[dict[str, Any]]:
-    """Dense, uniform (where recorded) and best plan: accuracy, latency_ms, flops, params."""
+    """Dense, uniform (where recorded) and best plan: accuracy, latency_ms, flops, params.
+
+    Where the delivered plan was sized by measurement (``choose.aim``), the uniform row is the
+    uniform plan sized the same way (``chosen["uniform_aimed"]``), so the two are compared at
+    the same measured latency."""
     attrs = record.attrs
     rows = []
     if isinstance(attrs.get("dense"), Mapping):
         rows.append({"name": "dense", **_metrics(attrs["dense"])})
     uniform = attrs.get("uniform")
-    if isinstance(uniform, Mapping):
+    chosen = attrs.get("chosen")
+    aimed = chosen.get("uniform_aimed") if isinstance(chosen, Mapping) else None
+    if isinstance(aimed, Mapping):  # sized by measurement, as the delivered plan was
+        rows.append({"name": "uniform (aimed)", **_metrics(aimed["metrics"])})
+    elif isinstance(uniform, Mapping):
         rows.append({"name": "uniform", **_metrics(uniform.get("metrics", uniform))})
     best = record.best(1)
     number = best[0].number if best else None
-    chosen = attrs.get("chosen")
     if isinstance(chosen, Mapping) and isinstance(chosen.get("metrics"), Mapping):
         # the plan `amc search` delivered: re-scored among the best and/or aimed (amc.choose)
         number = chosen.get("trial")
@@ -209,7 +216,7 @@ def comparison_rows(record: SearchRecord) -> list[dict[str, Any]]:
     delivered = number is not None or (isinstance(chosen, Mapping) and chosen.get("uniform"))
     if isinstance(final, Mapping) and delivered and final.get("trial") == number:
         for row in rows:  # the same fine-tune for best and uniform, scored on the test split
-            key = "best" if row["name"].startswith("best") else row["name"]
+            key = row["name"].split(" ")[0]  # best (...), uniform (aimed), dense
             row["final_accuracy"] = final.get(key)
             row["final_steps"] = final.get("steps")
     return rows

@@ -111,9 +111,11 @@ def test_the_uniform_plan_is_re_scored_beside_the_best_and_delivered_if_it_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`choose.rescore_uniform`: the study's uniform plan joins the k best in the re-score;
-    where it re-scores best it is delivered as such (no trial), aimed like any pick."""
+    where it re-scores best it is delivered as such (no trial), aimed like any pick. The
+    uniform plan the report compares with is aimed too (re-scored or not)."""
     import amc.choose
     from amc.evaluate import EvalResult
+    from amc.plan import PruningPlan
 
     overrides = {
         "runs_dir": str(tmp_path / "runs"),
@@ -156,6 +158,9 @@ def test_the_uniform_plan_is_re_scored_beside_the_best_and_delivered_if_it_wins(
     assert plan.provenance["agent"] == "uniform" and "aim" in plan.provenance
     assert metrics["rescored_accuracy"] == 1.0 and metrics["accuracy"] == 0.5
     assert metrics["latency_ratio"] == chosen["aim"]["ratio"]
+    # the uniform plan the report compares against is the aimed one (here: the delivered one)
+    assert PruningPlan.from_json(chosen["uniform_aimed"]["plan"]) == plan
+    assert chosen["uniform_aimed"]["metrics"]["latency_ratio"] == chosen["aim"]["ratio"]
 
     # off: only the trials are re-scored, and one of them is delivered
     choose = prepared.config.choose.model_copy(update={"rescore_uniform": False})
@@ -163,6 +168,12 @@ def test_the_uniform_plan_is_re_scored_beside_the_best_and_delivered_if_it_wins(
     scored.clear()
     trial, _, _, chosen = experiment._choose(off, trials, progress=False, uniform=uniform)
     assert scored == [["low", "half"]] and trial is trials[1] and chosen["trial"] == 1
+    # ... and the uniform plan, not a candidate, is aimed on its own for the comparison
+    compared = chosen["uniform_aimed"]
+    assert compared["aim"]["tried"] and compared["aim"]["fits"]
+    assert PruningPlan.from_json(compared["plan"]).provenance["agent"] == "uniform"
+    assert compared["metrics"]["latency_ratio"] <= space.target.fraction
+    assert compared["metrics"]["accuracy"] == 0.5  # the search's score of the uniform plan
     # a uniform plan already among the best is not re-scored twice
     scored.clear()
     same = {"plan": half.to_json(), "metrics": {}}

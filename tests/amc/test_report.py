@@ -166,3 +166,24 @@ def test_the_delivered_plan_s_row_says_how_it_was_chosen(record: SearchRecord) -
     record.set_attr("chosen", {"trial": best.number})  # nothing done: the best trial as searched
     assert comparison_rows(record)[-1]["name"] == f"best (trial {best.number})"
     assert comparison_rows(record)[-1]["accuracy"] == best.metrics["accuracy"]
+
+
+def test_the_uniform_row_is_the_aimed_uniform_plan_where_the_best_was_aimed(
+    record: SearchRecord,
+) -> None:
+    """Compared at the same measured latency: the uniform plan aimed like the delivered one
+    replaces the study's (estimate-sized) uniform plan in the table, final score included."""
+    metrics = {"accuracy": 0.84, "latency_ms": 1.0, "latency_ratio": 0.5, "flops": 10, "params": 5}
+    aimed = {"accuracy": 0.7, "latency_ms": 0.98, "latency_ratio": 0.49, "flops": 9, "params": 4}
+    record.set_attr(
+        "chosen",
+        {"trial": 1, "aim": {"ratio": 0.5}, "metrics": metrics,
+         "uniform_aimed": {"plan": {}, "metrics": aimed, "aim": {"ratio": 0.49}}},
+    )  # fmt: skip
+    record.set_attr(
+        "final", {"steps": 150, "trial": 1, "dense": 0.9, "best": 0.87, "uniform": 0.83}
+    )
+    rows = comparison_rows(record)
+    assert [row["name"] for row in rows] == ["dense", "uniform (aimed)", "best (trial 1, aimed)"]
+    assert (rows[1]["latency_ms"], rows[1]["flops"], rows[1]["final_accuracy"]) == (0.98, 9, 0.83)
+    assert "| uniform (aimed) | 70.00% | 83.00% | 0.980 ms |" in summary_markdown(record)
