@@ -355,8 +355,9 @@ def finish(
     finished = Finished(study=record.name, best=None)
     if best:
         trial, plan, metrics, chosen = _choose(
-            experiment, best, progress=progress, uniform=record.attrs.get("uniform")
-        )
+            experiment, best, progress=progress, uniform=record.attrs.get("uniform"),
+            dense_ms=record.attrs.get("dense", {}).get("latency_ms"),
+        )  # fmt: skip
         number = trial.number if trial is not None else None  # None: the uniform plan won
         workload = experiment.workload
         pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
@@ -398,8 +399,12 @@ def _choose(
     *,
     progress: bool,
     uniform: Mapping[str, Any] | None = None,
+    dense_ms: float | None = None,
 ) -> tuple[Any, PruningPlan, dict[str, Any], dict[str, Any]]:
     """The trial and plan to deliver, by the config's ``choose`` (see :func:`amc.choose.choose`).
+
+    ``dense_ms``: the dense latency the study reports (an aimed plan's latency is its measured
+    ratio times this, so the report's milliseconds and speed-ups agree); default: measured here.
 
     With ``choose.rescore`` k > 1 the k best trials (and, with ``choose.rescore_uniform``, the
     study's ``uniform`` plan) are evaluated again with a longer fine-tune and the most
@@ -444,7 +449,9 @@ def _choose(
         )  # fmt: skip
         uniform_aimed = None
         if meter is not None and uniform and uniform.get("plan"):
-            uniform_aimed = _aimed_uniform(experiment, uniform, candidates, picked, meter, on_step)
+            uniform_aimed = _aimed_uniform(
+                experiment, uniform, candidates, picked, meter, on_step, dense_ms
+            )
     trial, _, metrics = candidates[picked.index]
     plan = picked.plan
     chosen: dict[str, Any] = {"trial": trial.number if trial is not None else None}
@@ -467,7 +474,7 @@ def _choose(
         for key in ("latency_ms", "latency_iqr_ms", "flops", "params", "size_bytes"):
             metrics.pop(key, None)  # the trial's plan's: this one is measured (and counted) here
         metrics["latency_ratio"] = aimed.ratio
-        dense_ms = workload.dense_metrics().get("latency_ms")
+        dense_ms = dense_ms or workload.dense_metrics().get("latency_ms")
         if dense_ms:  # timed alike: the ratio is measured against the dense model
             metrics["latency_ms"] = aimed.ratio * dense_ms
         chosen["aim"] = aimed.to_json()
@@ -483,6 +490,7 @@ def _aimed_uniform(
     picked: Any,
     meter: Callable[[PruningPlan], float],
     on_step: Callable[[str], None] | None,
+    dense_ms: float | None,
 ) -> dict[str, Any]:
     """The uniform plan sized by measurement as the delivered plan is, so the two are compared
     at the same measured latency (the uniform plan of the study is sized by the estimate, which
@@ -513,7 +521,7 @@ def _aimed_uniform(
     for key in ("latency_ms", "latency_iqr_ms", "size_bytes"):
         metrics.pop(key, None)
     metrics["latency_ratio"] = found.ratio
-    dense_ms = workload.dense_metrics().get("latency_ms")
+    dense_ms = dense_ms or workload.dense_metrics().get("latency_ms")
     if dense_ms:
         metrics["latency_ms"] = found.ratio * dense_ms
     metrics["flops"] = count_flops(pruned, workload.example_inputs)

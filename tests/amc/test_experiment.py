@@ -96,8 +96,10 @@ def test_the_aim_reads_the_median_of_the_configured_repeats(
     space = prepared.space
     plan = space.make_plan({unit.name: 1.0 for unit in space.units})
     trial = SimpleNamespace(number=0, plan=plan, metrics={"accuracy": 0.5})
-    _, aimed, metrics, chosen = experiment._choose(prepared, [trial], progress=True)
+    _, aimed, metrics, chosen = experiment._choose(prepared, [trial], progress=True, dense_ms=10.0)
     assert repeats == [2]
+    # the report's dense latency times the measured ratio: its ms and speed-up agree
+    assert metrics["latency_ms"] == pytest.approx(metrics["latency_ratio"] * 10.0)
     aim = chosen["aim"]
     readings = len(aim["tried"]) + len(aim["grown_tried"]) + len(aim["rechecked"])
     shown = capsys.readouterr().err
