@@ -133,7 +133,7 @@ def choose(
     if not plans:
         raise ValueError("Expected at least one plan to choose from, got none.")
     if meter is not None and on_step is not None:
-        meter = _reporting(meter, on_step)
+        meter = reporting(meter, on_step)
     aimed: dict[int, Aimed] = {}
 
     def aimed_plan(index: int) -> PruningPlan:
@@ -157,9 +157,14 @@ def choose(
     return Choice(index, plan, results, aimed)
 
 
-def _reporting(
-    meter: Callable[[PruningPlan], float], on_step: Callable[[str], None]
+def reporting(
+    meter: Callable[[PruningPlan], float], on_step: Callable[[str], None] | None
 ) -> Callable[[PruningPlan], float]:
+    """``meter``, calling ``on_step("reading")`` after each measurement (``meter`` itself
+    where ``on_step`` is None)."""
+    if on_step is None:
+        return meter
+
     def measure(plan: PruningPlan) -> float:
         ratio = meter(plan)
         on_step("reading")

@@ -403,16 +403,16 @@ def _choose(
 ) -> tuple[Any, PruningPlan, dict[str, Any], dict[str, Any]]:
     """The trial and plan to deliver, by the config's ``choose`` (see :func:`amc.choose.choose`).
 
-    ``dense_ms``: the dense latency the study reports (an aimed plan's latency is its measured
-    ratio times this, so the report's milliseconds and speed-ups agree); default: measured here.
-
     With ``choose.rescore`` k > 1 the k best trials (and, with ``choose.rescore_uniform``, the
     study's ``uniform`` plan) are evaluated again with a longer fine-tune and the most
     accurate is delivered; with ``choose.aim`` on a latency target the plan is sized by
     measurement (with ``choose.aim_first`` every candidate before the re-score). Returns the
     trial (None where the uniform plan won), the plan, the metrics it is exported with and
     what was done (:func:`finish` stores it in the study as ``chosen``, so that ``amc show``
-    and ``amc export`` deliver the same plan).
+    and ``amc export`` deliver the same plan). With the aim, the uniform plan is aimed too
+    (``chosen["uniform_aimed"]``, :func:`_aimed_uniform`). ``dense_ms``: the dense latency the
+    study reports; an aimed plan's latency is its measured ratio times this, so the report's
+    milliseconds and speed-ups agree (default: the dense model measured here).
     """
     from amc.choose import choose as choose_plan
     from amc.choose import latency_meter
@@ -473,10 +473,7 @@ def _choose(
         aimed = picked.aimed[picked.index]
         for key in ("latency_ms", "latency_iqr_ms", "flops", "params", "size_bytes"):
             metrics.pop(key, None)  # the trial's plan's: this one is measured (and counted) here
-        metrics["latency_ratio"] = aimed.ratio
-        dense_ms = dense_ms or workload.dense_metrics().get("latency_ms")
-        if dense_ms:  # timed alike: the ratio is measured against the dense model
-            metrics["latency_ms"] = aimed.ratio * dense_ms
+        metrics.update(_aimed_latency(workload, aimed.ratio, dense_ms))
         chosen["aim"] = aimed.to_json()
     if uniform_aimed is not None:
         chosen["uniform_aimed"] = uniform_aimed
@@ -497,36 +494,33 @@ def _aimed_uniform(
     can leave it well under the target or over it): the aim done for the re-score where it was
     a candidate, else one more. Its plan, metrics (the search's, with latency, FLOPs and params
     of the aimed plan) and what the aim did."""
-    from amc.choose import aim
+    from amc.choose import aim, reporting
 
     choose, workload = experiment.config.choose, experiment.workload
     plan = PruningPlan.from_json(uniform["plan"])
     index = next((i for i, c in enumerate(candidates) if c[1].key() == plan.key()), None)
     found = picked.aimed.get(index) if index is not None else None
     if found is None:
-        measure = meter
-        if on_step is not None:
-
-            def measure(candidate: PruningPlan) -> float:
-                ratio = meter(candidate)
-                on_step("reading")
-                return ratio
-
         found = aim(
-            experiment.space, plan, measure, steps=choose.aim_steps, confirm=choose.aim_confirm,
-            margin=choose.aim_margin,
+            experiment.space, plan, reporting(meter, on_step), steps=choose.aim_steps,
+            confirm=choose.aim_confirm, margin=choose.aim_margin,
         )  # fmt: skip
     pruned = apply_plan(workload.model, found.plan, workload.example_inputs, graph=workload.graph)
     metrics = _plain(uniform.get("metrics", {}))
     for key in ("latency_ms", "latency_iqr_ms", "size_bytes"):
-        metrics.pop(key, None)
-    metrics["latency_ratio"] = found.ratio
-    dense_ms = dense_ms or workload.dense_metrics().get("latency_ms")
-    if dense_ms:
-        metrics["latency_ms"] = found.ratio * dense_ms
+        metrics.pop(key, None)  # the study's uniform plan's: this one is measured here
+    metrics.update(_aimed_latency(workload, found.ratio, dense_ms))
     metrics["flops"] = count_flops(pruned, workload.example_inputs)
     metrics["params"] = count_params(pruned)
     return {"plan": found.plan.to_json(), "metrics": metrics, "aim": found.to_json()}
+
+
+def _aimed_latency(workload: Workload, ratio: float, dense_ms: float | None) -> dict[str, Any]:
+    """The latency metrics of a plan measured at ``ratio`` of the dense model, its milliseconds
+    from ``dense_ms`` (default: the dense model measured here). Timed alike, the ratio is what
+    was measured; there is no IQR of it."""
+    dense_ms = dense_ms or workload.dense_metrics().get("latency_ms")
+    return {"latency_ratio": ratio, **({"latency_ms": ratio * dense_ms} if dense_ms else {})}
 
 
 @contextlib.contextmanager
