@@ -471,9 +471,7 @@ def _choose(
         ]
     if meter is not None:
         aimed = picked.aimed[picked.index]
-        for key in ("latency_ms", "latency_iqr_ms", "flops", "params", "size_bytes"):
-            metrics.pop(key, None)  # the trial's plan's: this one is measured (and counted) here
-        metrics.update(_aimed_latency(workload, aimed.ratio, dense_ms))
+        metrics = _aimed_metrics(workload, metrics, aimed.ratio, dense_ms)  # FLOPs: in finish
         chosen["aim"] = aimed.to_json()
     if uniform_aimed is not None:
         chosen["uniform_aimed"] = uniform_aimed
@@ -506,21 +504,26 @@ def _aimed_uniform(
             confirm=choose.aim_confirm, margin=choose.aim_margin,
         )  # fmt: skip
     pruned = apply_plan(workload.model, found.plan, workload.example_inputs, graph=workload.graph)
-    metrics = _plain(uniform.get("metrics", {}))
-    for key in ("latency_ms", "latency_iqr_ms", "size_bytes"):
-        metrics.pop(key, None)  # the study's uniform plan's: this one is measured here
-    metrics.update(_aimed_latency(workload, found.ratio, dense_ms))
+    metrics = _aimed_metrics(workload, _plain(uniform.get("metrics", {})), found.ratio, dense_ms)
     metrics["flops"] = count_flops(pruned, workload.example_inputs)
     metrics["params"] = count_params(pruned)
     return {"plan": found.plan.to_json(), "metrics": metrics, "aim": found.to_json()}
 
 
-def _aimed_latency(workload: Workload, ratio: float, dense_ms: float | None) -> dict[str, Any]:
-    """The latency metrics of a plan measured at ``ratio`` of the dense model, its milliseconds
-    from ``dense_ms`` (default: the dense model measured here). Timed alike, the ratio is what
-    was measured; there is no IQR of it."""
+def _aimed_metrics(
+    workload: Workload, metrics: Mapping[str, Any], ratio: float, dense_ms: float | None
+) -> dict[str, Any]:
+    """``metrics`` of the plan as searched, for the plan an aim made of it: the accuracies
+    kept, the cost ones (latency, FLOPs, params, size) dropped as the plan's, and its measured
+    ``ratio`` to the dense model with milliseconds from ``dense_ms`` (default: the dense model
+    measured here). Timed alike, the ratio is what was measured; there is no IQR of it."""
+    cost = ("latency_ms", "latency_iqr_ms", "flops", "params", "size_bytes")
+    aimed = {key: value for key, value in metrics.items() if key not in cost}
+    aimed["latency_ratio"] = ratio
     dense_ms = dense_ms or workload.dense_metrics().get("latency_ms")
-    return {"latency_ratio": ratio, **({"latency_ms": ratio * dense_ms} if dense_ms else {})}
+    if dense_ms:
+        aimed["latency_ms"] = ratio * dense_ms
+    return aimed
 
 
 @contextlib.contextmanager
