@@ -3,7 +3,8 @@
 They learn nothing from ``tell``; benchmarks compare the learning agents against them.
 
 - ``uniform``: one keep ratio for every unit, the largest that meets the budget (bisection).
-- ``random``: independent uniform keep ratios in ``[lower_bound, 1]``, repaired onto the budget.
+- ``random``: independent uniform keep ratios in ``[lower_bound, 1]`` (and, where the space offers
+  layer skipping, each skippable block skipped with probability 1/2), repaired onto the budget.
 - ``global_magnitude``: Torch-Pruning's global pruning: channels of every unit ranked together
   by their group L1 magnitude (normalised by the group mean), the least important removed until
   the budget is met (bisection on how many are removed).
@@ -57,9 +58,13 @@ class _Baseline(Agent):
             self._found = (budget, find())
         return self._found[1]
 
-    def _propose(self, keep: Mapping[str, float], **info: Any) -> Proposal:
-        plan = self.space.make_plan(dict(keep), agent=self.name, episode=self.episode)
+    def _propose(
+        self, keep: Mapping[str, float], skip: Sequence[str] = (), **info: Any
+    ) -> Proposal:
+        plan = self.space.make_plan(dict(keep), skip=skip, agent=self.name, episode=self.episode)
         params = {name: float(plan.units[name].keep_ratio) for name in keep}
+        for block in getattr(self.space, "skippable", ()):
+            params[f"skip:{block}"] = float(block in plan.skip)
         proposal = Proposal(plan=plan, params=params, episode=self.episode, info=info)
         self.episode += 1
         return proposal
@@ -99,8 +104,9 @@ class UniformAgent(_Baseline):
 
 
 class RandomAgent(_Baseline):
-    """Independent uniform keep ratios in ``[lower_bound, 1]`` per unit, repaired onto the
-    budget with ``space.repair``.
+    """Independent uniform keep ratios in ``[lower_bound, 1]`` per unit (and each skippable
+    block skipped with probability 1/2 where the space offers layer skipping), repaired onto
+    the budget with ``space.repair``.
 
     Episode e draws from a generator seeded with ``(seed, e)``: the plans depend on the episode
     number alone, so a search resumed from a checkpoint older than its last trials (whose
@@ -119,7 +125,8 @@ class RandomAgent(_Baseline):
                 unit.name: float(rng.uniform(low, 1.0)) if unit.channel_prunable else 1.0
                 for unit in self.space.units
             }
-            proposals.append(self._propose(self.space.repair(keep)))
+            skip = [block for block in self.space.skippable if rng.random() < 0.5]
+            proposals.append(self._propose(self.space.repair(keep, skip=skip), skip))
         return proposals
 
 

@@ -6,7 +6,8 @@ Faithful to AMC (He et al., ECCV 2018, and its reference code, mit-han-lab/amc:
 - actor and critic MLPs of 300-300 (SB3's ``net_arch=[300, 300]``; SB3's critic takes the
   concatenated (state, action), which equals AMC's two input layers summed), Adam with lr 1e-4
   for the actor and 1e-3 for the critic, tau 0.01, discount 1, batch 64;
-- a replay buffer of 100 transitions per unit (AMC's ``rmsize * len(prunable_idx)``);
+- a replay buffer of 100 transitions per step of an episode (AMC's
+  ``rmsize * len(prunable_idx)``: one step per unit, plus one per block with layer skipping);
 - ``warmup`` (100) episodes of uniform random actions on [0, 1], then the actor's action plus
   truncated-normal noise on [0, 1] with sigma ``0.5 * 0.95 ** (episode - warmup)``
   (AMC's ``select_action``);
@@ -25,6 +26,10 @@ actor and noise (the env's scorer returns 0: the real reward comes from the eval
 ``tell`` stores the transitions with the measured reward and trains. The state is torch
 ``state_dict`` tensors plus JSON; SB3's pickle-based ``save`` is never used. The replay buffer
 is not saved: :meth:`DDPGAgent.rebuild_replay` re-adds it from the stored trials on resume.
+
+With layer skipping (a space built with ``skip_blocks``) the env's episodes start with one skip
+step per skippable block (see :mod:`envs.pruning_env`); the proposals then carry
+``skip:<block>`` = 1.0 or 0.0 in their params, as the Optuna agents' do.
 
 Example:
     >>> agent = DDPGAgent(space, seed=0, warmup=10)
@@ -108,7 +113,7 @@ class DDPGAgent(Agent):
         "tau": Setting(0.01, "float", low=0.0, high=1.0, help="target network soft update"),
         "gamma": Setting(1.0, "float", low=0.0, high=1.0, help="discount"),
         "batch_size": Setting(64, "int", low=1, help="transitions per gradient update"),
-        "replay_per_unit": Setting(100, "int", low=1, help="replay size = this x units"),
+        "replay_per_unit": Setting(100, "int", low=1, help="replay size = this x steps/episode"),
         "net_arch": Setting([300, 300], "int_list", help="hidden layers of actor and critic"),
         "baseline_alpha": Setting(
             0.5, "float", low=0.0, high=1.0, nullable=True, help="reward baseline; null: none"
@@ -132,6 +137,7 @@ class DDPGAgent(Agent):
         assert isinstance(box, spaces.Box)
         self._bounds = (box.low.astype(np.float64), box.high.astype(np.float64))
         self.n_units = len(space.units)
+        self.n_steps = self.env.episode_length  # the units, after the skippable blocks
         self.episode = 0
         self.rng = np.random.default_rng(seed)
         self.model = self._build_model()
@@ -144,7 +150,7 @@ class DDPGAgent(Agent):
                 "MlpPolicy",
                 self.env,
                 learning_rate=s["critic_lr"],
-                buffer_size=s["replay_per_unit"] * self.n_units,
+                buffer_size=s["replay_per_unit"] * self.n_steps,
                 learning_starts=0,
                 batch_size=s["batch_size"],
                 tau=s["tau"],
@@ -213,6 +219,8 @@ class DDPGAgent(Agent):
         for unit in self.space.units:
             if self.space.offers_nm(unit):
                 params[f"nm:{unit.name}"] = float(plan.units[unit.name].nm is not None)
+        for block in self.space.skippable:
+            params[f"skip:{block}"] = float(block in plan.skip)
         self.episode += 1
         return Proposal(
             plan=plan,
@@ -267,9 +275,7 @@ class DDPGAgent(Agent):
                 self._store(proposal, float(result["reward"]), train=train)
 
     def _store(self, proposal: Proposal, reward: float, *, train: bool) -> None:
-        observations = proposal.info["observations"]
-        key = "taken" if self.settings["store_taken_actions"] else "actions"
-        actions = proposal.info[key]
+        observations, actions = self._transitions(proposal)
         low, high = self._bounds
         buffer = self.replay_buffer
         steps = len(actions)
@@ -288,11 +294,55 @@ class DDPGAgent(Agent):
             if train and updates:
                 self.model.train(gradient_steps=updates, batch_size=self.settings["batch_size"])
 
+    def _transitions(self, proposal: Proposal) -> tuple[list[Any], list[Any]]:
+        """The observations and actions of ``proposal``'s episode, as recorded in its info.
+
+        A proposal whose info does not hold an episode of this env (another agent's, or one
+        recorded before the space offered layer skipping) is replayed from its params instead:
+        ``skip:<block>`` (absent: the block runs), the keep ratios and ``nm:<unit>``.
+        """
+        info = proposal.info
+        key = "taken" if self.settings["store_taken_actions"] else "actions"
+        observations, actions = info.get("observations"), info.get(key)
+        width = self.env.observation_space.shape
+        if (
+            isinstance(observations, list)
+            and isinstance(actions, list)
+            and len(actions) == self.n_steps
+            and len(observations) == self.n_steps + 1
+            and all(np.shape(obs) == width for obs in observations)
+            and all(np.shape(action) == self._bounds[0].shape for action in actions)
+        ):
+            return observations, actions
+        return self._replayed(proposal.params)
+
+    def _replayed(self, params: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+        """Roll the env out on the actions ``params`` stand for; the env's actions taken."""
+        width = self._bounds[0].shape[0]
+        steps: list[np.ndarray] = []
+        for block in self.space.skippable:
+            steps.append(np.zeros(width))
+            steps[-1][0] = float(float(params.get(f"skip:{block}", 0.0)) >= 0.5)
+        for unit in self.space.units:
+            steps.append(np.zeros(width))
+            steps[-1][0] = self.space.keep_to_action(float(params.get(unit.name, 1.0)))
+            if width > 1:
+                steps[-1][1] = float(params.get(f"nm:{unit.name}", 0.0))
+        observation, _ = self.env.reset()
+        observations, actions = [observation.tolist()], []
+        for step in steps:
+            observation, _, _, _, info = self.env.step(step.astype(np.float32))
+            observations.append(observation.tolist())
+            actions.append(_jsonable(info["action"]))
+        return observations, actions
+
     def rebuild_replay(self, proposals_with_results: Iterable[tuple[Proposal, Result]]) -> int:
         """Re-add the transitions of evaluated proposals (in order) to the replay buffer.
 
         For resume: the buffer is not part of :meth:`state_dict`; pass every stored trial's
-        proposal and result. Nothing is trained. Returns the number of episodes added.
+        proposal and result. Nothing is trained. Returns the number of episodes added. A
+        trial recorded without this env's episode in its info is replayed from its params
+        (a trial without ``skip:`` params skips no block).
         """
         added = 0
         for proposal, result in proposals_with_results:
@@ -313,6 +363,7 @@ class DDPGAgent(Agent):
             "seed": self.seed,
             "settings": copy.deepcopy(self.settings),
             "episode": self.episode,
+            "features": list(self.env.features),
             "sigma": self.sigma_at(self.episode),
             "baseline": buffer.baseline,
             "n_updates": int(model._n_updates),
@@ -328,6 +379,8 @@ class DDPGAgent(Agent):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict`; then :meth:`rebuild_replay` refills the buffer."""
+        from envs.pruning_env import FEATURES, SKIP_FEATURES
+
         check_state_format(state, STATE_FORMAT)
         ignored = ("threads", "device")  # where it runs, not what it learns
         ours = {k: v for k, v in self.settings.items() if k not in ignored}
@@ -337,6 +390,17 @@ class DDPGAgent(Agent):
                 f"Agent 'ddpg': the state was written with seed {state['seed']} and settings "
                 f"{theirs}, but this agent has seed {self.seed} and settings {ours}. Build the "
                 f"agent with the same seed and settings."
+            )
+        # states written before layer skipping have no "features": the observation was FEATURES
+        features = list(state.get("features", FEATURES))
+        if features != list(self.env.features):
+            extra = [name for name in self.env.features if name not in features]
+            raise ConfigError(
+                f"Agent 'ddpg': the state was written for observations of {len(features)} "
+                f"features, but this space's env observes {len(self.env.features)} "
+                f"(new: {', '.join(extra) or 'none'}; {SKIP_FEATURES} come with layer "
+                f"skipping). Resume with the space the state was written for (the same "
+                f"skip_blocks), or start the search afresh."
             )
         model = self.model
         model.actor.load_state_dict(state["actor"])

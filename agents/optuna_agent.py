@@ -4,7 +4,9 @@ Each agent keeps an in-memory Optuna study of its own (the search service record
 its own storage; this study is only the sampler's memory). ``ask`` is ``study.ask()`` with one
 ``suggest_float("keep:<unit>", lower_bound, 1)`` per unit (with the setting ``spread``, a
 narrower box around the uniform plan: :meth:`OptunaAgent.keep_box`) and, where the space
-enables N:M, one ``suggest_categorical("nm:<unit>", ["dense", "N:M"])`` per eligible unit; the
+enables N:M, one ``suggest_categorical("nm:<unit>", ["dense", "N:M"])`` per eligible unit,
+and where it offers layer skipping (``skip_blocks``), one
+``suggest_categorical("skip:<block>", ["run", "skip"])`` per skippable residual block; the
 sampled keep ratios are repaired onto the budget with ``space.repair`` so every plan is
 feasible, and the trial is told the value of the repaired plan (repair is part of the
 objective).
@@ -75,6 +77,7 @@ from agents.base import Agent, Proposal, Result, check_told
 from amc.errors import ConfigError
 
 DENSE = "dense"
+RUN, SKIP = "run", "skip"  # a skippable block's two choices
 PARETO_OBJECTIVES = ("accuracy", "latency_ms")
 PARETO_DIRECTIONS: tuple[Literal["maximize", "minimize"], ...] = ("maximize", "minimize")
 # Trials a lost checkpoint window can hold that did not complete (in flight at the kill, or
@@ -146,9 +149,8 @@ class OptunaAgent(Agent):
         whatever the budget's calibration (the params do not depend on it, and resume
         re-executes the same first trial)."""
         keep = (self.space.lower_bound + 1.0) / 2.0
-        return {
-            name: keep if name.startswith("keep:") else DENSE for name in self._distributions()
-        }
+        first = {"keep": keep, "nm": DENSE, "skip": RUN}
+        return {name: first[name.split(":", 1)[0]] for name in self._distributions()}
 
     def keep_box(self) -> tuple[float, float]:
         """The range each unit's keep ratio is sampled from.
@@ -179,6 +181,8 @@ class OptunaAgent(Agent):
             for unit in self.space.units:
                 if self.space.offers_nm(unit):
                     distributions[f"nm:{unit.name}"] = CategoricalDistribution([DENSE, pattern])
+        for block in self.space.skippable:
+            distributions[f"skip:{block}"] = CategoricalDistribution([RUN, SKIP])
         return distributions
 
     # -- ask / tell --------------------------------------------------------------------------
@@ -237,15 +241,19 @@ class OptunaAgent(Agent):
                 for unit in self.space.units
                 if self.space.offers_nm(unit)
             }
-        keep = {name: float(ratio) for name, ratio in self.space.repair(keep, nm_choices).items()}
+        skip = [block for block in self.space.skippable if raw.get(f"skip:{block}") == SKIP]
+        repaired = self.space.repair(keep, nm_choices, skip=skip)
+        keep = {name: float(ratio) for name, ratio in repaired.items()}
         plan = self.space.make_plan(
-            keep, nm_choices, agent=self.name, episode=self.episode, trial=number
+            keep, nm_choices, skip=skip, agent=self.name, episode=self.episode, trial=number
         )
         # the plan's ratios: make_plan may tighten a map that rounding pushed over budget
         params = {name: float(plan.units[name].keep_ratio) for name in keep}
         for name, unit_plan in plan.units.items():
             if nm_choices is not None and name in nm_choices:
                 params[f"nm:{name}"] = float(unit_plan.nm is not None)
+        for block in self.space.skippable:
+            params[f"skip:{block}"] = float(block in plan.skip)
         proposal = Proposal(
             plan=plan,
             params=params,
@@ -298,6 +306,8 @@ class OptunaAgent(Agent):
                 params[key] = min(max(float(proposal.params[name]), low), high)
             elif kind == "nm" and key in proposal.params:
                 params[key] = distribution.choices[1] if proposal.params[key] else DENSE
+            elif kind == "skip" and key in proposal.params:
+                params[key] = SKIP if proposal.params[key] else RUN
         return params
 
     def _tell_one(self, number: int, told: Told | None) -> None:

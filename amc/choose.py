@@ -302,7 +302,11 @@ def aim(
     def at(scale: float) -> PruningPlan:
         if scale not in made:
             made[scale] = space.make_plan(
-                space.scaled(keep, scale), nm_choices, fit=False, **plan.provenance
+                space.scaled(keep, scale),
+                nm_choices,
+                fit=False,
+                skip=plan.skip,
+                **plan.provenance,
             )
         return made[scale]
 
@@ -481,7 +485,7 @@ def _fill(
 
     def with_first(count: int) -> PruningPlan:
         mixed = {**keep, **{name: larger[name] for name in grown[:count]}}
-        return space.make_plan(mixed, nm_choices, fit=False, **under.provenance)
+        return space.make_plan(mixed, nm_choices, fit=False, skip=under.skip, **under.provenance)
 
     fits, misses = 0, len(grown)  # `over` (every unit grown) measured over the target
     best, best_ratio = under, under_ratio

@@ -170,6 +170,9 @@ class ExperimentConfig(_Strict):
     lower_bound: float = Field(0.2, gt=0, le=1)
     round_to: int = Field(1, ge=1)
     nm: str | None = None
+    skip_blocks: bool = Field(
+        False, description="the search may also replace residual blocks by identity"
+    )
     reward: Literal["err", "flops", "latency", "accuracy"] = "err"
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     choose: ChooseConfig = Field(default_factory=ChooseConfig)

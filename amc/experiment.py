@@ -172,6 +172,7 @@ def prepare(
         round_to=config.round_to,
         nm=parse_nm(config.nm) if config.nm else None,
         criterion=config.criterion,
+        skip_blocks=config.skip_blocks,
         graph=workload.graph,
         latency_table=LatencyTable.from_json(latency_table) if latency_table else None,
         # timed like the workers time their plans: same batch, same threads

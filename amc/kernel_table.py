@@ -99,11 +99,15 @@ class KernelTable:
     dense: Mapping[str, int]
     device: str = "cpu"
 
-    def total_ms(self, channels: Mapping[str, int]) -> float:
-        """The sum of every timed layer's time at per-unit channel counts (others dense)."""
+    def total_ms(self, channels: Mapping[str, int], skipped: Sequence[str] = ()) -> float:
+        """The sum of every timed layer's time at per-unit channel counts (others dense),
+        leaving out the layers of ``skipped`` blocks (replaced by identity)."""
         total = 0.0
         dense = self.dense
-        for ref in self.layers.values():
+        prefixes = tuple(f"{block}." for block in skipped)
+        for name, ref in self.layers.items():
+            if prefixes and name.startswith(prefixes):
+                continue
             kernel = self.kernels[ref.kernel]
             cin = channels.get(ref.in_unit, dense[ref.in_unit]) if ref.in_unit else 0
             cout = channels.get(ref.out_unit, dense[ref.out_unit]) if ref.out_unit else 0
@@ -115,10 +119,10 @@ class KernelTable:
         """The sum at the dense widths (computed once: every estimate divides by it)."""
         return self.total_ms({})
 
-    def fraction(self, channels: Mapping[str, int]) -> float:
+    def fraction(self, channels: Mapping[str, int], skipped: Sequence[str] = ()) -> float:
         """:meth:`total_ms` as a fraction of the dense sum (1.0 for an empty table)."""
         dense = self.dense_ms
-        return self.total_ms(channels) / dense if dense > 0 else 1.0
+        return self.total_ms(channels, skipped) / dense if dense > 0 else 1.0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (stored inside a latency table)."""

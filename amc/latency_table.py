@@ -124,6 +124,8 @@ class LatencyTable:
         nm_choices: Mapping[str, bool] | None = None,
         flops_fraction: float | None = None,
         channels: Mapping[str, int] | None = None,
+        skipped: Sequence[str] = (),
+        kept_layers: float = 1.0,
     ) -> float:
         """Estimated latency (ms) of a plan.
 
@@ -141,21 +143,29 @@ class LatencyTable:
                 its channel counts padded to :attr:`block` (as the fit was).
             channels: unit name -> channels kept (units not named stay dense); with
                 :attr:`kernels`, what the estimate is read from.
+            skipped: residual blocks the plan replaces by identity: their layers' kernel
+                timings leave the sum (without kernels, ``flops_fraction`` leaves their FLOPs
+                out).
+            kept_layers: the share of the model's layers a skip leaves; the line's fixed time
+                (per-layer overhead the kernels do not time: norms, activations, the
+                framework's dispatch) shrinks in proportion (without a fit, the whole
+                estimate: no timing of a block alone is at hand).
         """
         nm_choices = nm_choices or {}
         if self.kernels is not None and channels is not None:
             # never above dense: a cut layer timed slower than the dense one is noise on layers
             # too small to time, or a kernel switch that measuring the plan will catch
-            flops_fraction = min(1.0, self.kernels.fraction(channels))
+            flops_fraction = min(1.0, self.kernels.fraction(channels, skipped))
         names = set(keep) | {name for name, used in nm_choices.items() if used}
         if self.fit is None or flops_fraction is None:
             saved = sum(
                 self.saving(name, keep.get(name, 1.0), bool(nm_choices.get(name, False)))
                 for name in names
             )
-            return self.scale * max(0.0, self.dense_ms - saved)
+            # no timing of a skipped block alone: it takes its share of the layers' time
+            return self.scale * max(0.0, self.dense_ms - saved) * kept_layers
         fixed, slope = self.fit
-        total = fixed + slope * flops_fraction
+        total = fixed * kept_layers + slope * flops_fraction
         for name in names:
             curve = self.units.get(name)
             if nm_choices.get(name) and curve is not None and curve.nm_ms is not None:

@@ -50,7 +50,8 @@ def keep_ratio_plot(
     """Grouped bars of the per-unit keep ratios of the best plan and of the uniform plan.
 
     Plans are :class:`PruningPlan` objects or ``{unit: keep_ratio}`` mappings; units missing
-    from a plan are drawn at 1.0 (kept whole). N:M patterns are written above their bars.
+    from a plan are drawn at 1.0 (kept whole). N:M patterns are written above their bars;
+    units whose root layer lies in a block the plan skips are drawn at 0, marked "skipped".
     """
     from matplotlib.figure import Figure  # here: listing studies needs no matplotlib
 
@@ -64,9 +65,9 @@ def keep_ratio_plot(
         offset = [x - width / 2 for x in positions] if uniform is not None else positions
         ax.bar(offset, best, width, label="best plan", color="tab:blue")
         for x, name in zip(offset, units, strict=True):
-            nm = _nm(best_plan, name)
-            if nm:
-                ax.text(x, 1.02, nm, ha="center", va="bottom", fontsize=7, rotation=90)
+            mark = "skipped" if _skipped(best_plan, name) else _nm(best_plan, name)
+            if mark:
+                ax.text(x, 1.02, mark, ha="center", va="bottom", fontsize=7, rotation=90)
     if uniform is not None:
         offset = [x + width / 2 for x in positions] if best is not None else positions
         ax.bar(offset, uniform, width, label="uniform plan", color="tab:gray")
@@ -428,8 +429,18 @@ def _ratios(
     if plan is None:
         return None
     if isinstance(plan, PruningPlan):
-        return [plan.units[u].keep_ratio if u in plan.units else 1.0 for u in units]
+        return [
+            0.0 if _skipped(plan, u) else plan.units[u].keep_ratio if u in plan.units else 1.0
+            for u in units
+        ]
     return [float(plan.get(u, 1.0)) for u in units]
+
+
+def _skipped(plan: PruningPlan | Mapping[str, float] | None, unit: str) -> bool:
+    """Whether ``unit``'s root layer lies in a block ``plan`` replaces by identity."""
+    if not isinstance(plan, PruningPlan) or not plan.skip:
+        return False
+    return unit.startswith(tuple(f"{block}." for block in plan.skip))
 
 
 def _nm(plan: PruningPlan | Mapping[str, float] | None, unit: str) -> str:

@@ -48,6 +48,13 @@ def residual_nm_space() -> SearchSpace:
     return _build(ResidualNet(), "params=0.6", nm=(2, 4), round_to=4)
 
 
+@pytest.fixture(scope="session")
+def residual_skip_space() -> SearchSpace:
+    """The residual net at 60% of its FLOPs, its two residual blocks offered to skip."""
+    torch.manual_seed(0)
+    return _build(ResidualNet(), "flops=0.6", skip_blocks=True)
+
+
 class ChainNet(nn.Module):
     """Six convs of growing width and shrinking resolution: units of very different cost."""
 
@@ -115,7 +122,7 @@ def plan_cost_fraction(space: SearchSpace, plan: Any) -> float:
     """The target resource of ``plan`` as a fraction of dense, from its channel counts."""
     channels = plan.channels(space.graph)
     keep = {unit.name: channels[unit.name] / unit.channels for unit in space.units}
-    return space.cost_fraction(keep)
+    return space.cost_fraction(keep, skip=plan.skip)
 
 
 def round_trip(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from tests.tiny_models import LeNet
 
 AGENTS = ["cmaes", "ddpg", "global_magnitude", "nsga2", "random", "tpe", "uniform"]
 LEARNING = ["cmaes", "ddpg", "nsga2", "random", "tpe"]  # the ones that draw random numbers
-SPACES = ["lenet_space", "residual_nm_space"]
+SPACES = ["lenet_space", "residual_nm_space", "residual_skip_space"]
 
 
 def make(name: str, space: Any, seed: int = 0) -> Agent:
@@ -296,3 +296,36 @@ def test_reference_plans_follow_the_latency_calibration(name: str) -> None:
     assert space.fits(grown)
     assert sum(grown.values()) > sum(keep.values())
     assert all(grown[n] >= keep[n] for n in keep)
+
+
+@pytest.mark.parametrize("name", LEARNING)
+def test_searching_agents_choose_skipped_blocks_with_the_channels(
+    name: str, residual_skip_space: Any
+) -> None:
+    """Where the space offers layer skipping, the plans skip blocks, say so in their params,
+    and spend the budget the skips free on channels (none fits without its skips; ddpg's
+    clipping, AMC's, only lowers what the actor asks, so its plans need not fill it)."""
+    space = residual_skip_space
+    asked = drive(make(name, space), HiddenSensitivity(space, random_sensitivities(space)), 4)
+    skipping = [p for p in asked if p.plan.skip]
+    assert skipping, "no plan skipped a block in 12 asks"
+    for proposal in asked:
+        plan = proposal.plan
+        for block in space.skippable:
+            assert proposal.params[f"skip:{block}"] == float(block in plan.skip)
+    for proposal in skipping:
+        keep = {n: u.keep_ratio for n, u in proposal.plan.units.items() if n in space.names}
+        assert space.fits(keep, skip=proposal.plan.skip)
+        if name != "ddpg":
+            assert not space.fits(keep), "the skips freed nothing: channels did not fill it"
+
+
+def test_skip_decisions_survive_a_resume(residual_skip_space: Any) -> None:
+    """A TPE resumed from its state proposes the plans, skips included, the original would."""
+    space = residual_skip_space
+    scorer = HiddenSensitivity(space, random_sensitivities(space))
+    agent = make("tpe", space)
+    drive(agent, scorer, 2)
+    resumed = make("tpe", space)
+    resumed.load_state_dict(round_trip(agent.state_dict()))
+    assert signature(resumed.ask(3)) == signature(agent.ask(3))

@@ -3,6 +3,8 @@ plans measured over the target are learnt with their penalty."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -11,11 +13,13 @@ from torch import nn
 
 from agents.base import Proposal
 from agents.ddpg import DDPGAgent
+from amc.errors import ConfigError
 from amc.evaluate import EvalResult
 from amc.experiment import _told
 from amc.search import run_search
+from amc.space import SearchSpace
 from amc.study import SearchRecord
-from tests.agents.conftest import HiddenSensitivity, random_sensitivities
+from tests.agents.conftest import HiddenSensitivity, random_sensitivities, round_trip
 
 SMALL = {"net_arch": [16, 16], "batch_size": 4}
 
@@ -223,3 +227,108 @@ def test_plans_over_the_target_are_learnt_with_their_penalty_and_replayed(
         np.testing.assert_array_equal(
             getattr(resumed.replay_buffer, field), getattr(agent.replay_buffer, field)
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# layer skipping: one skip step per block before the units, skip: params, replay from params
+# ---------------------------------------------------------------------------------------------
+
+
+def test_proposals_carry_the_skip_decisions_of_the_first_steps(residual_skip_space) -> None:
+    space = residual_skip_space
+    blocks = space.skippable
+    assert blocks == ("layer1.0", "layer1.1")
+    agent = DDPGAgent(space, seed=2, warmup=4, **SMALL)
+    steps = len(blocks) + len(space.units)
+    assert agent.n_steps == steps
+    assert agent.replay_buffer.buffer_size == 100 * steps
+    obs = agent.env.observation_space.shape[0]
+    assert linear_shapes(agent.model.actor)[0] == (obs, 16)
+    proposals = agent.ask(8)  # 4 of warm-up, 4 of the policy
+    skipped = set()
+    for proposal in proposals:
+        actions = proposal.info["actions"]
+        assert len(actions) == steps and len(proposal.info["observations"]) == steps + 1
+        expected = tuple(b for b, a in zip(blocks, actions, strict=False) if a[0] >= 0.5)
+        assert proposal.plan.skip == expected
+        for block in blocks:
+            assert proposal.params[f"skip:{block}"] == float(block in expected)
+        assert proposal.info["taken"][:2] == [[float(b in expected)] for b in blocks]
+        assert set(proposal.params) == {*space.names, "skip:layer1.0", "skip:layer1.1"}
+        keep = {n: u.keep_ratio for n, u in proposal.plan.units.items() if n in space.names}
+        assert space.fits(keep, skip=proposal.plan.skip)
+        skipped.add(proposal.plan.skip)
+    assert len(skipped) > 1
+
+
+def test_rebuild_replay_restores_the_buffer_with_skip_steps(residual_skip_space) -> None:
+    space = residual_skip_space
+    scorer = HiddenSensitivity(space, random_sensitivities(space))
+    agent = DDPGAgent(space, warmup=1, **SMALL)
+    history = []
+    for _ in range(3):
+        proposals = agent.ask(2)
+        results = [scorer(p.plan) for p in proposals]
+        agent.tell(proposals, results)
+        history += list(zip(proposals, results, strict=True))
+
+    resumed = DDPGAgent(space, warmup=1, **SMALL)
+    resumed.load_state_dict(round_trip(agent.state_dict()))
+    assert resumed.rebuild_replay(history) == 6
+    old, new = agent.replay_buffer, resumed.replay_buffer
+    assert new.pos == old.pos == 6 * (2 + len(space.units))
+    for field in ("observations", "next_observations", "actions", "rewards", "dones"):
+        np.testing.assert_array_equal(getattr(new, field), getattr(old, field))
+    assert signature(resumed.ask(2)) == signature(agent.ask(2))
+
+
+def signature(proposals: list[Proposal]) -> list[object]:
+    return [(p.episode, p.params, p.plan.to_json()) for p in proposals]
+
+
+def test_rebuild_replay_maps_skip_params_to_skip_actions(residual_skip_space) -> None:
+    """Trials recorded without the env's episode (another agent's, or from before the space
+    offered skipping) are replayed from their params: skip:<block> and the keep ratios."""
+    space = residual_skip_space
+    agent = DDPGAgent(space, seed=5, warmup=10, store_taken_actions=True, **SMALL)
+    proposals = agent.ask(6)
+    skips = [p.plan.skip for p in proposals]
+    assert () in skips and any(skips)
+    bare = [Proposal(plan=p.plan, params=p.params, episode=p.episode) for p in proposals]
+    skipping = next(p for p in proposals if p.plan.skip)
+    without = {k: v for k, v in skipping.params.items() if not k.startswith("skip:")}
+    older = Proposal(plan=skipping.plan, params=without, episode=6)
+    rewards = [{"reward": -0.1 * i} for i in range(7)]
+
+    fresh = DDPGAgent(space, seed=5, warmup=10, store_taken_actions=True, **SMALL)
+    assert fresh.rebuild_replay(zip([*bare, older], rewards, strict=True)) == 7
+    recorded = DDPGAgent(space, seed=5, warmup=10, store_taken_actions=True, **SMALL)
+    recorded.rebuild_replay(zip(proposals, rewards, strict=False))
+    steps = 2 + len(space.units)
+    new, old = fresh.replay_buffer, recorded.replay_buffer
+    assert new.pos == 7 * steps
+    # the recorded episodes' taken actions and observations, recovered from the params alone
+    np.testing.assert_allclose(new.actions[: 6 * steps], old.actions[: 6 * steps], atol=1e-5)
+    np.testing.assert_allclose(
+        new.observations[: 6 * steps], old.observations[: 6 * steps], atol=1e-5
+    )
+    skip_actions = new.actions[: 7 * steps, 0, 0].reshape(7, steps)[:, :2]
+    expected = [[2.0 * (b in s) - 1.0 for b in space.skippable] for s in [*skips, ()]]
+    assert skip_actions.tolist() == expected  # a trial without skip: params skips nothing
+
+
+def test_a_state_for_another_observation_layout_is_refused(residual_skip_space) -> None:
+    space = residual_skip_space
+    plain = SearchSpace.build(space.model, space.example_inputs, space.target, graph=space.graph)
+    state = DDPGAgent(plain, **SMALL).state_dict()
+    message = (
+        "Agent 'ddpg': the state was written for observations of 20 features, but this "
+        "space's env observes 23 (new: skip_step, block_share, in_skipped_block; "
+        "('skip_step', 'block_share', 'in_skipped_block') come with layer skipping). Resume "
+        "with the space the state was written for (the same skip_blocks), or start the search "
+        "afresh."
+    )
+    with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
+        DDPGAgent(space, **SMALL).load_state_dict(state)
+    del state["features"]  # a state written before layer skipping: the plain layout
+    DDPGAgent(plain, **SMALL).load_state_dict(state)

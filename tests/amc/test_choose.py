@@ -104,6 +104,23 @@ def test_aim_sizes_the_plan_to_the_measured_target_keeping_its_shape(
     assert all(ratio > 0.5 for scale, ratio in aimed.tried if scale < aimed.scale)
 
 
+def test_aim_keeps_the_blocks_a_plan_skips(model: torch.nn.Module) -> None:
+    graph = analyze(model, X)
+    space = SearchSpace.build(model, X, "flops=0.5", graph=graph, skip_blocks=True)
+    skip = graph.skippable[:1]
+    plan = space.make_plan(space.repair({}, skip=skip), skip=skip, agent="test")
+    measure = measured_flops(model, 0.7)  # the device runs plans faster than estimated
+    aimed = aim(space, plan, measure, steps=12)
+    assert aimed.plan.skip == plan.skip and aimed.fits and aimed.ratio <= 0.5
+    assert aimed.ratio == pytest.approx(measure(aimed.plan))
+    grown = [
+        name
+        for name, unit in aimed.plan.units.items()
+        if unit.channels > plan.units[name].channels
+    ]
+    assert grown  # the channels grew into the budget; the skip stayed
+
+
 class FirstUnitScores:
     """A stand-in workload whose re-score reads a plan's first unit's keep ratio as its
     accuracy, and records the plans it scored and the steps it was asked for."""

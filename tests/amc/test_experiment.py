@@ -229,3 +229,41 @@ def test_a_search_whose_uniform_plan_re_scores_best_delivers_and_exports_it(
     assert exit_.value.code in (0, None)
     assert "(the uniform plan, as delivered)" in capsys.readouterr().out
     assert PruningPlan.load(tmp_path / "p.json").key() == plan.key()
+
+
+def test_a_search_with_skip_blocks_records_and_exports_the_skips(tmp_path: Path) -> None:
+    """skip_blocks in the config: the space offers the model's residual blocks, every trial
+    records its skip decisions as params beside its plan, and the exported plan applies."""
+    import torch
+
+    from amc.cli import app
+    from amc.plan import PruningPlan
+    from amc.prune import apply_plan
+
+    storage = f"sqlite:///{tmp_path}/amc.db"
+    overrides = {
+        "runs_dir": str(tmp_path / "runs"),
+        "storage": storage,
+        "model": "tests.tiny_models:ResidualNet",
+        "target": "flops=0.6",
+        "skip_blocks": True,
+        "agent": {"name": "random"},
+        "episodes": 4,
+    }
+    prepared = experiment.prepare(load_config(None, overrides, text=CONFIG), progress=False)
+    assert prepared.space.skippable == ("layer1.0", "layer1.1")
+    record, _ = experiment.search(prepared, progress=False)
+    trials = record.trials()
+    assert len(trials) == 4
+    plans = [PruningPlan.from_json(trial.plan_json) for trial in trials]
+    for trial, plan in zip(trials, plans, strict=True):
+        assert {b for b in ("layer1.0", "layer1.1") if trial.params[f"skip:{b}"]} == set(plan.skip)
+    assert any(plan.skip for plan in plans)
+    out = tmp_path / "p.json"
+    with pytest.raises(SystemExit) as exit_:
+        app(["export", prepared.study, "--storage", storage, "--out", str(out)])
+    assert exit_.value.code in (0, None)
+    plan = PruningPlan.load(out)
+    pruned = apply_plan(prepared.workload.model, plan, prepared.workload.example_inputs)
+    for block in plan.skip:
+        assert isinstance(pruned.get_submodule(block), torch.nn.Identity)

@@ -16,7 +16,7 @@ from amc.latency_table import LatencyTable
 from amc.plan import channels_for
 from amc.space import SearchSpace
 from amc.units import analyze
-from tests.tiny_models import DepthwiseNet, LeNet
+from tests.tiny_models import DepthwiseNet, LeNet, ResidualNet
 
 X = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
 QUICK = {"grid": 4, "block_s": 0.0002, "passes": 1}
@@ -154,6 +154,40 @@ def test_the_space_sees_a_kernel_switch_that_flops_cannot(monkeypatch: pytest.Mo
     assert eight / seven > flops + 0.1  # the switch costs more than the FLOPs say
     by_flops = SearchSpace.build(model, X, "latency=0.99", latency_table=table.at_block(graph, 1))
     assert by_flops.latency_table is not None and by_flops.latency_table.kernels is None
+
+
+def test_a_skipped_block_leaves_the_sum_and_its_share_of_the_fixed_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A skip removes its layers' kernel timings, and the line's fixed time (the per-layer
+    overhead the kernels do not time) shrinks with the share of layers it leaves."""
+    model = ResidualNet().eval()
+    graph = analyze(model, X)
+    block = graph.skippable[-1]
+    monkeypatch.setattr("amc.kernel_table.time_call", switching_law)
+    law = KernelTable.measure(model, X, graph, "cpu", progress=False, grid=16, passes=1)
+    kept = [
+        {u.name: channels_for(w, u.channels) for u in graph.units if u.channel_prunable}
+        for w in (0.25, 0.5, 0.75)
+    ]
+    meta = {"anchor_channels": kept, "anchors": [[0.0, 0.5 + law.total_ms(k)] for k in kept]}
+    table = LatencyTable(dense_ms=0.5 + law.dense_ms, units={}, meta=meta).with_kernels(law)
+    dense_of = law.dense.get
+    own = sum(
+        law.kernels[ref.kernel].at(dense_of(ref.in_unit or "", 0), dense_of(ref.out_unit or "", 0))
+        for name, ref in law.layers.items()
+        if name.startswith(f"{block}.")
+    )
+    assert own > 0 and law.total_ms({}, [block]) == pytest.approx(law.dense_ms - own)
+    space = SearchSpace.build(
+        model, X, "latency=0.99", latency_table=table, graph=graph, skip_blocks=True
+    )
+    share = sum(not layer.name.startswith(f"{block}.") for layer in graph.layers) / len(
+        graph.layers
+    )
+    expected = (0.5 * share + law.total_ms({}, [block])) / table.dense_ms
+    assert space.cost_fraction({}, skip=[block]) == pytest.approx(expected)
+    assert space.cost_fraction({}, skip=[block]) < space.cost_fraction({}) == pytest.approx(1)
 
 
 def test_malformed_kernel_timings_say_what_is_expected() -> None:

@@ -106,6 +106,31 @@ def test_keep_ratio_plot_widens_with_many_units(tmp_path: Path) -> None:
     assert png_size(path) == (1150, 500)  # 8 in + 0.35 in per unit beyond 20, at 100 dpi
 
 
+def test_keep_ratio_plot_draws_the_units_of_skipped_blocks_at_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import amc.report
+
+    drawn: list[list[float]] = []
+    marks: list[str] = []
+    monkeypatch.setattr(amc.report, "_save", lambda fig, path: Path(path))
+    units = ["conv1", "layer1.0.conv1", "layer1.1.conv1"]
+    plan = PruningPlan(
+        units={u: UnitPlan(keep_ratio=0.5, channels=8) for u in units}, skip=("layer1.0",)
+    )
+    from matplotlib.axes import Axes
+
+    bar, text = Axes.bar, Axes.text
+    monkeypatch.setattr(
+        Axes, "bar", lambda ax, x, h, *a, **k: drawn.append(list(h)) or bar(ax, x, h, *a, **k)
+    )
+    monkeypatch.setattr(
+        Axes, "text", lambda ax, x, y, s, *a, **k: marks.append(s) or text(ax, x, y, s, *a, **k)
+    )
+    keep_ratio_plot(plan, None, units, tmp_path / "k.png")
+    assert drawn == [[0.5, 0.0, 0.5]] and marks == ["skipped"]
+
+
 def test_curve_and_pareto_plots_have_their_stated_sizes(tmp_path: Path) -> None:
     curve = search_curve_plot([0.1, 0.3, 0.2, 0.5], tmp_path / "curve.png", ylabel="reward")
     points = [(1.0, 80.0, "#0"), (2.0, 90.0, "#1"), (1.5, 70.0, "#2")]

@@ -491,3 +491,71 @@ def test_a_blocked_table_prices_channels_by_the_block_and_plans_keep_what_was_as
     asked = space.channels(keep)
     assert {name: unit.channels for name, unit in plan.units.items()} == asked
     validate_plan(plan, graph)  # raises on a plan the model cannot take
+
+
+# ---------------------------------------------------------------------------------------------
+# layer skipping
+# ---------------------------------------------------------------------------------------------
+
+
+def test_skipped_blocks_leave_the_cost_and_the_channels_fill_what_they_free() -> None:
+    """FLOPs of a plan with skips, predicted and counted by fvcore on the applied model, meet
+    the budget; and the channels kept are more than without the skips."""
+    model, x, graph = model_and_graph("resnet20")
+    space = space_for("resnet20", "flops=0.4", skip_blocks=True)
+    assert space.skippable == graph.skippable
+    skip = ["layer3.2", "layer1.1"]  # out of order: plans list them in model order
+    plain = space.make_plan(space.repair({}))
+    plan = space.make_plan(space.repair({}, skip=skip), skip=skip)
+    assert plan.skip == ("layer1.1", "layer3.2")
+    validate_plan(plan, graph)
+    assert space.predicted({}, skip=skip)["flops"] == graph.predict({}, skip).flops
+    counted = count_flops(apply_plan(model, plan, x, graph=graph), x)
+    assert counted <= space.target.fraction * graph.dense_flops * 1.02
+    assert counted >= 0.95 * space.target.fraction * graph.dense_flops  # the budget is used
+    searched = [name for name in space.names if name not in ("layer1.1.conv1", "layer3.2.conv1")]
+    assert all(plan.units[n].channels >= plain.units[n].channels for n in searched)
+    assert sum(plan.units[n].channels for n in searched) > sum(
+        plain.units[n].channels for n in searched
+    )
+
+
+def test_units_inside_a_skipped_block_are_recorded_dense() -> None:
+    space = space_for("resnet20", "flops=0.5", skip_blocks=True)
+    plan = space.make_plan(dict.fromkeys(space.names, 0.3), skip=["layer2.1"], fit=False)
+    assert plan.units["layer2.1.conv1"].keep_ratio == 1.0  # nothing of it is left to cut
+    assert plan.units["layer2.2.conv1"].keep_ratio == pytest.approx(0.3, abs=0.05)
+
+
+def test_a_skip_lowers_a_latency_estimate_without_kernels() -> None:
+    space = space_for("resnet20", "latency=0.6", skip_blocks=True)
+    assert space.cost_fraction({}, skip=["layer1.0"]) < space.cost_fraction({}) == 1.0
+    plan = space.make_plan(space.repair({}, skip=["layer1.0"]), skip=["layer1.0"])
+    assert space.fits({n: u.keep_ratio for n, u in plan.units.items()}, skip=plan.skip)
+
+
+def test_bad_skips_are_refused_with_the_blocks_on_offer() -> None:
+    with pytest.raises(ConfigError, match="no residual block that can be replaced"):
+        space_for("lenet", "flops=0.5", skip_blocks=True)
+    space = space_for("resnet20", "flops=0.5", skip_blocks=True)
+    with pytest.raises(ConfigError, match=r"'layer1\.3' cannot be skipped\. Did you mean"):
+        space.make_plan({}, skip=["layer1.3"])
+    with pytest.raises(ConfigError, match="'layer2.0' cannot .* the output has the input's"):
+        space.repair({}, skip=["layer2.0"])
+    assert space_for("resnet20", "flops=0.5").skippable == ()
+
+
+@pytest.mark.parametrize("target", ["flops=0.9", "params=0.9", "latency=0.9"])
+def test_a_skip_never_raises_the_cost(target: str) -> None:
+    """Whatever the widths, a plan that also skips a block is estimated no dearer (a table
+    without a fit prices a skip only roughly: the block run at the lower bound bounds it)."""
+    space = space_for("resnet20", target, skip_blocks=True)
+    rng = random.Random(0)
+    for _ in range(30):
+        keep = {name: rng.uniform(space.lower_bound, 1.0) for name in space.names}
+        skip = [block for block in space.skippable if rng.random() < 0.4]
+        extra = rng.choice(space.skippable)
+        with_extra = space.cost_fraction(keep, skip=[*skip, extra])
+        assert with_extra <= space.cost_fraction(keep, skip=skip) + 1e-12
+    lowest = dict.fromkeys(space.names, space.lower_bound)
+    assert space.cost_fraction(lowest, skip=space.skippable) <= space.smallest_fraction()

@@ -25,6 +25,7 @@ from amc.plan import PruningPlan, validate_plan
 from amc.space import SearchSpace
 from amc.units import UnitGraph, analyze
 from envs import FEATURES, PruningEnv, ResetNeededError
+from envs.pruning_env import SKIP_FEATURES
 from tests.tiny_models import TINY_MODELS, LeNet, ResidualNet
 
 X = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -289,3 +290,141 @@ def test_random_episodes_meet_the_budget(name: str, options: dict[str, Any], met
             nm = {n: unit.nm is not None for n, unit in plan.units.items()}
             assert table.estimate(ratios, nm) <= budget * table.dense_ms + 1e-9
         assert info["cost_fraction"] <= budget
+
+
+# ---------------------------------------------------------------------------------------------
+# layer skipping: one step per skippable block, before the units
+# ---------------------------------------------------------------------------------------------
+
+
+def skip_episode(env: PruningEnv, skip_action: float, unit_action: float) -> list[Any]:
+    """Every skip step takes ``skip_action``, every unit step ``unit_action``; the step infos
+    and observations (the reset's first)."""
+    obs, info = env.reset(seed=0)
+    steps = [(obs, info)]
+    width = env.action_space.shape[0]
+    for step in range(env.episode_length):
+        value = skip_action if step < len(env.blocks) else unit_action
+        obs, _, terminated, _, info = env.step(np.full(width, value, np.float32))
+        assert terminated == (step == env.episode_length - 1)
+        steps.append((obs, info))
+    return steps
+
+
+def test_without_skip_blocks_the_episode_is_unchanged() -> None:
+    env = PruningEnv(scorer=error_scorer, space=make_space("resnet20", "flops", 0.1))
+    assert env.blocks == () and env.features == FEATURES
+    assert env.episode_length == len(env.space.units) == 12
+    assert env.observation_space.shape == (len(FEATURES),)
+
+
+def test_skip_steps_come_first_and_skip_every_block_at_half_or_more() -> None:
+    space = make_space("resnet20", "flops", 0.1, skip_blocks=True)
+    env = PruningEnv(scorer=error_scorer, space=space)
+    blocks = ("layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2")
+    assert env.blocks == blocks
+    assert env.features == FEATURES + SKIP_FEATURES
+    assert env.observation_space.shape == (len(FEATURES) + 3,)
+    assert env.episode_length == len(blocks) + len(space.units) == 19
+    steps = skip_episode(env, 0.5, 1.0)  # 0.5 skips
+    assert steps[0][1] == {"block": "layer1.0"}
+    for step, (_, info) in enumerate(steps[1 : len(blocks) + 1]):
+        assert info["block"] == blocks[step] and info["skip"] is True
+        assert np.array_equal(info["action"], np.array([1.0], np.float32))
+    info = steps[-1][1]
+    plan = info["plan"]
+    assert plan.skip == blocks == info["skip"]
+    assert space.fits(info["keep"], skip=plan.skip)
+    assert info["cost_fraction"] <= space.target.fraction
+    assert plan.predict(space.graph).flops <= space.target.fraction * space.graph.dense_flops
+    validate_plan(plan, space.graph)
+    assert len(info["actions"]) == 19
+
+
+def test_units_inside_skipped_blocks_stay_dense_whatever_their_action() -> None:
+    space = make_space("resnet20", "flops", 0.1, skip_blocks=True)
+    env = PruningEnv(scorer=error_scorer, space=space)
+    steps = skip_episode(env, 1.0, 0.0)  # every block skipped, every unit asks the lower bound
+    inside = {f"{block}.conv1" for block in env.blocks}
+    for _, step_info in steps[8:]:
+        unit = step_info["unit"]
+        expected = 1.0 if unit in inside else space.lower_bound
+        assert step_info["keep_ratio"] == pytest.approx(expected, abs=0.02)
+        assert step_info["action"][0] == (1.0 if unit in inside else 0.0)
+        assert steps[-1][1]["plan"].units[unit].keep_ratio == step_info["keep_ratio"]
+
+
+def test_skip_features_mark_the_skip_steps_and_the_skipped_units() -> None:
+    space = make_space("resnet20", "flops", 0.1, skip_blocks=True)
+    env = PruningEnv(scorer=error_scorer, space=space)
+    steps = skip_episode(env, 1.0, 0.0)
+    observations = np.array([obs for obs, _ in steps[:-1]])  # the observation each step saw
+    skip_step = observations[:, FEATURES.index("index") + len(FEATURES)]
+    assert skip_step.tolist() == [1.0] * 7 + [0.0] * 12
+    share = observations[:, len(FEATURES) + 1]
+    assert np.all(share[:7] > 0.1) and np.all(share[7:] == 0.0)
+    inside = observations[:, len(FEATURES) + 2].tolist()
+    assert inside == [0.0] * 7 + [float(unit.name.endswith(".conv1") and unit.name not in (
+        "layer2.0.conv1", "layer3.0.conv1")) for unit in space.units]  # fmt: skip
+    # a skip step describes the block's first unit: layer1.0 -> layer1.0.conv1 (unit 1)
+    assert observations[0, FEATURES.index("index")] == pytest.approx(1 / 11)
+    assert observations[3, FEATURES.index("index")] == pytest.approx(6 / 11)  # layer2.1
+
+
+def test_actions_under_half_skip_nothing_and_plan_as_without_skipping() -> None:
+    space = make_space("resnet20", "flops", 0.1, skip_blocks=True)
+    plain = SearchSpace.build(space.model, space.example_inputs, space.target, graph=space.graph)
+    skipping = skip_episode(PruningEnv(scorer=error_scorer, space=space), 0.49, 1.0)
+    info = skipping[-1][1]
+    assert info["plan"].skip == () and info["skip"] == ()
+    assert not any(step_info.get("skip") for _, step_info in skipping[1:8])
+    assert space.fits(info["keep"])
+    reference = skip_episode(PruningEnv(scorer=error_scorer, space=plain), 0.0, 1.0)[-1][1]
+    assert info["keep"] == reference["keep"]
+    assert info["plan"].units == reference["plan"].units
+
+
+def test_skipped_blocks_free_budget_for_the_channels() -> None:
+    space = make_space("resnet20", "flops", 0.1, skip_blocks=True)
+    env = PruningEnv(scorer=error_scorer, space=space)
+    none = skip_episode(env, 0.0, 1.0)[-1][1]
+    every = skip_episode(env, 1.0, 1.0)[-1][1]
+    # asking for every channel, the clip cuts only where the budget forces it: the last
+    # unit outside the skipped blocks
+    cut = [n for n in space.names if every["plan"].units[n].keep_ratio < 1.0]
+    assert cut == ["layer3.0.conv1"]
+    assert sum(k < 1.0 for k in none["keep"].values()) == 11  # all but conv1 without skips
+    assert all(every["keep"][n] >= none["keep"][n] for n in space.names)
+    assert sum(every["keep"].values()) > sum(none["keep"].values())
+    assert space.fits(every["keep"], skip=every["plan"].skip)
+    assert not space.fits(every["keep"])  # the skips' budget went into the channels
+
+
+def test_skip_space_env_passes_check_env() -> None:
+    env = PruningEnv(ResidualNet().eval(), X, "flops=0.6", error_scorer, skip_blocks=True)
+    assert env.blocks == ("layer1.0", "layer1.1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("residual", {"round_to": 4, "nm": (2, 4)}), ("resnet20", {"round_to": 4})],
+)
+@pytest.mark.parametrize("metric", ["flops", "params", "latency"])
+def test_random_episodes_with_skipping_meet_the_budget(
+    name: str, options: dict[str, Any], metric: str
+) -> None:
+    rng = random.Random(f"skip-{name}-{metric}")
+    skipped = set()
+    for episode in range(12):
+        position = [0.0, 0.1, 0.5][episode % 3]
+        space = make_space(name, metric, position, skip_blocks=True, **options)
+        _, info = run_episode(PruningEnv(scorer=error_scorer, space=space), rng)
+        plan: PruningPlan = info["plan"]
+        skipped.add(plan.skip)
+        nm = {n: unit.nm is not None for n, unit in plan.units.items()}
+        assert space.fits(info["keep"], nm, skip=plan.skip)
+        assert info["cost_fraction"] <= space.target.fraction
+    assert len(skipped) > 1
