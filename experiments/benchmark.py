@@ -219,6 +219,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--baseline-epochs", type=int, default=None, help="epochs of the dense baseline")
     add("--lower-bound", type=float, default=0.2, help="smallest keep ratio of a unit (AMC)")
     add(
+        "--skip-blocks",
+        action="store_true",
+        help="our searches may also replace residual blocks by identity (skip_blocks: in amc "
+        "search); the uniform strategy and Torch-Pruning's peers cut channels only",
+    )
+    add(
         "--round-to",
         type=int,
         default=1,
@@ -615,6 +621,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         raise RuntimeError(f"{name}: every evaluation failed: {sorted(errors)[:3]}")
     return {
         "plan": chosen[1],
+        "skip": list(chosen[1].skip),
         "search_accuracy": chosen[0],
         "search_fraction": None,
         "rescored": rescored,
@@ -752,6 +759,7 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
     build = functools.partial(
         SearchSpace.build, task.model, task.example, target, device="cpu",
         lower_bound=args.lower_bound, round_to=args.round_to, graph=graph,
+        skip_blocks=args.skip_blocks,
     )  # fmt: skip
     if target.metric != "latency":
         task.spaces[key] = build()
@@ -1464,6 +1472,14 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
             summary = summarise(runs, target, batch)
             lines += table(summary, args.batches)
             lines.append("")
+            skipped = [
+                f"{s} seed {run['seed']}: {', '.join(row['skip'])}"
+                for run in runs
+                for s, row in run["strategies"].items()
+                if row.get("skip")
+            ]
+            if skipped:
+                lines += ["Blocks the delivered plans skip: " + "; ".join(skipped) + ".", ""]
             errors = {(run["seed"], s): e for run in runs for s, e in run["errors"].items()}
             for (seed, strategy), error in errors.items():
                 lines.append(f"- seed {seed}, {strategy} failed: `{error}`")
