@@ -397,15 +397,29 @@ class SearchSpace:
             self.latency_table = replace(table, scale=capped)
             if not self._floor_warned and len(self._latency_ratios) >= FLOOR_WARN_PLANS:
                 self._floor_warned = True
-                warnings.warn(
-                    f"Target {self.target} is below what this search space reaches on the "
-                    f"device: calibrated on {len(self._latency_ratios)} measured plan(s), even "
-                    f"every unit at the lower bound {self.lower_bound:g} is estimated at "
-                    f"{smallest:.3f} of the dense latency. Plans will keep measuring over the "
-                    f"target (recorded as over budget). Raise the target to at least "
-                    f"{smallest:.3f}, or lower lower_bound.",
-                    stacklevel=2,
-                )
+                lowest = dict.fromkeys(self.names, self.lower_bound)
+                uncapped = max(scale, 0.5)
+                skipping = self.cost_fraction(lowest, skip=self._skippable) * uncapped / capped
+                if self._skippable and skipping <= self.target.fraction:
+                    # plans that skip blocks still fit: only those that skip none are out
+                    message = (
+                        f"Target {self.target} is below what plans that skip no block reach "
+                        f"on the device: calibrated on {len(self._latency_ratios)} measured "
+                        f"plan(s), every unit at the lower bound {self.lower_bound:g} without "
+                        f"a skip is estimated at {smallest:.3f} of the dense latency (with "
+                        f"every skippable block skipped, {skipping:.3f}). Plans that skip no "
+                        f"block will keep measuring over the target (recorded as over budget)."
+                    )
+                else:
+                    message = (
+                        f"Target {self.target} is below what this search space reaches on the "
+                        f"device: calibrated on {len(self._latency_ratios)} measured plan(s), "
+                        f"even every unit at the lower bound {self.lower_bound:g} is estimated "
+                        f"at {smallest:.3f} of the dense latency. Plans will keep measuring "
+                        f"over the target (recorded as over budget). Raise the target to at "
+                        f"least {smallest:.3f}, or lower lower_bound."
+                    )
+                warnings.warn(message, stacklevel=2)
         return self.latency_table.scale
 
     def smallest_fraction(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from amc.errors import PlanFormatError
 from amc.kernel_table import Kernel, KernelTable, _grid
 from amc.latency_table import LatencyTable
 from amc.plan import channels_for
-from amc.space import SearchSpace
+from amc.space import FLOOR_WARN_PLANS, SearchSpace
 from amc.units import analyze
 from tests.tiny_models import DepthwiseNet, LeNet, ResidualNet
 
@@ -156,14 +157,13 @@ def test_the_space_sees_a_kernel_switch_that_flops_cannot(monkeypatch: pytest.Mo
     assert by_flops.latency_table is not None and by_flops.latency_table.kernels is None
 
 
-def test_a_skipped_block_leaves_the_sum_and_its_share_of_the_fixed_time(
+def residual_law_table(
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A skip removes its layers' kernel timings, and the line's fixed time (the per-layer
-    overhead the kernels do not time) shrinks with the share of layers it leaves."""
+) -> tuple[nn.Module, Any, KernelTable, LatencyTable]:
+    """ResidualNet's kernels timed by :func:`switching_law`, and a latency table whose line
+    is exact: 0.5 ms of fixed time plus the summed kernel timings."""
     model = ResidualNet().eval()
     graph = analyze(model, X)
-    block = graph.skippable[-1]
     monkeypatch.setattr("amc.kernel_table.time_call", switching_law)
     law = KernelTable.measure(model, X, graph, "cpu", progress=False, grid=16, passes=1)
     kept = [
@@ -172,6 +172,16 @@ def test_a_skipped_block_leaves_the_sum_and_its_share_of_the_fixed_time(
     ]
     meta = {"anchor_channels": kept, "anchors": [[0.0, 0.5 + law.total_ms(k)] for k in kept]}
     table = LatencyTable(dense_ms=0.5 + law.dense_ms, units={}, meta=meta).with_kernels(law)
+    return model, graph, law, table
+
+
+def test_a_skipped_block_leaves_the_sum_and_its_share_of_the_fixed_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A skip removes its layers' kernel timings, and the line's fixed time (the per-layer
+    overhead the kernels do not time) shrinks with the share of layers it leaves."""
+    model, graph, law, table = residual_law_table(monkeypatch)
+    block = graph.skippable[-1]
     dense_of = law.dense.get
     own = sum(
         law.kernels[ref.kernel].at(dense_of(ref.in_unit or "", 0), dense_of(ref.out_unit or "", 0))
@@ -217,3 +227,29 @@ def test_kernels_are_timed_on_cuda_and_the_model_stays_put() -> None:
     table = KernelTable.measure(model, X, graph, "cuda", progress=False, **QUICK)
     assert table.device == "cuda" and table.dense_ms > 0
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_a_target_only_plans_with_skips_reach_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The floor warning, where the device is slower than the table: plans that skip no block
+    no longer fit, those that skip blocks still do, and the warning says which."""
+    model, graph, _, table = residual_law_table(monkeypatch)
+    space = SearchSpace.build(
+        model, X, "latency=0.2", latency_table=table, graph=graph, skip_blocks=True
+    )
+    plan = space.make_plan(space.repair({}))
+    keep = {name: unit.keep_ratio for name, unit in plan.units.items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(FLOOR_WARN_PLANS):  # read at 2.5 times the table's estimate
+            estimate = space.cost_fraction(keep) / space.latency_table.scale  # type: ignore[union-attr]
+            space.calibrate_latency(plan, 2.5 * estimate)
+    [warning] = [str(w.message) for w in caught]
+    assert warning.startswith("Target latency=0.2 is below what plans that skip no block reach")
+    assert (
+        "estimated at 0.279 of the dense latency (with every skippable block skipped, 0.125)"
+        in warning
+    )
+    assert warning.endswith("Plans that skip no block will keep measuring over the target "
+                            "(recorded as over budget).")  # fmt: skip
+    lowest = dict.fromkeys(space.names, space.lower_bound)
+    assert space.fits(lowest, skip=space.skippable) and space.smallest_fraction() <= 0.2
