@@ -1347,6 +1347,13 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
             if args.spread < 1.0
             else ""
         )
+        + (
+            "; **layer skipping on offer** (`--skip-blocks`): random, tpe, nsga2 and ddpg also "
+            "decide which residual blocks to replace by identity, and the channels fill what "
+            "the skips free (uniform and Torch-Pruning's peers cut channels only)"
+            if args.skip_blocks
+            else ""
+        )
         + "; latency targets use a per-unit latency table measured once per target on this "
         "CPU (time in the case header).",
         "- Best plan per strategy: highest validation accuracy among its plans measured within "
