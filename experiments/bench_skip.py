@@ -20,7 +20,6 @@ measured latency ratio, the uniform keep ratio and the test accuracy on held-out
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ from amc.space import SearchSpace  # noqa: E402
 from amc.train import evaluate, finetune, pretrained  # noqa: E402
 from amc.units import UnitGraph, analyze  # noqa: E402
 from amc.zoo.data import get_data  # noqa: E402
+from experiments.benchmark import machine  # noqa: E402
 
 SHAPE = (1, 28, 28)
 
@@ -50,10 +50,10 @@ def skip_sets(graph: UnitGraph) -> dict[str, tuple[str, ...]]:
     """The skip sets compared, by name (blocks named ``layerS.B`` as the zoo's resnets)."""
     blocks = graph.skippable
     stages = sorted({block.split(".")[0] for block in blocks})
-    last = tuple(max((b for b in blocks if b.startswith(f"{s}.")), key=len) for s in stages)
+    last = tuple([b for b in blocks if b.startswith(f"{s}.")][-1] for s in stages)
     return {
         "none": (),
-        "last block of each stage": tuple(sorted(last)),
+        "last block of each stage": last,
         f"every skippable block of {stages[0]}": tuple(
             b for b in blocks if b.startswith(f"{stages[0]}.")
         ),
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return interleaved_ratio(pruned, model, batch, repeats=3, threads=1, min_run_time=0.5)
 
     dense_accuracy = evaluate(model, test, batch_size=256).accuracy
+    info = machine()
     rows = []
     for name, skip in skip_sets(graph).items():
         start = time.perf_counter()
@@ -116,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         f"at batch {args.batch}",
         "",
         f"Command: `python experiments/bench_skip.py {' '.join(argv or sys.argv[1:])}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"1 thread. Dense accuracy {dense_accuracy:.2%} on {len(test)} held-out samples; "
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}; 1 thread.  ",
+        f"Versions: {info['versions']}.  ",
+        f"Dense accuracy {dense_accuracy:.2%} on {len(test)} held-out samples; "
         f"{args.steps} fine-tune steps per plan, {args.seeds} seed(s).",
         "",
         "| skipped blocks | blocks | measured latency ratio | fits | channel keep ratio "
