@@ -4,6 +4,7 @@ plans measured over the target are learnt with their penalty."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,15 +146,21 @@ def test_exploration_noise_is_a_truncated_normal_on_0_1(lenet_space) -> None:
     assert draws.std() == pytest.approx(law.std(), abs=0.02)
 
 
-def test_rebuild_replay_restores_the_buffer(lenet_space) -> None:
-    scorer = HiddenSensitivity(lenet_space, random_sensitivities(lenet_space))
-    agent = DDPGAgent(lenet_space, warmup=1, **SMALL)
+def three_rounds(space: Any) -> tuple[DDPGAgent, list[Any]]:
+    """A DDPG agent after three rounds of ask(2)/tell, and its (proposal, result) history."""
+    scorer = HiddenSensitivity(space, random_sensitivities(space))
+    agent = DDPGAgent(space, warmup=1, **SMALL)
     history = []
     for _ in range(3):
         proposals = agent.ask(2)
         results = [scorer(p.plan) for p in proposals]
         agent.tell(proposals, results)
         history += list(zip(proposals, results, strict=True))
+    return agent, history
+
+
+def test_rebuild_replay_restores_the_buffer(lenet_space) -> None:
+    agent, history = three_rounds(lenet_space)
 
     resumed = DDPGAgent(lenet_space, warmup=1, **SMALL)
     resumed.load_state_dict(agent.state_dict())
@@ -263,14 +270,7 @@ def test_proposals_carry_the_skip_decisions_of_the_first_steps(residual_skip_spa
 
 def test_rebuild_replay_restores_the_buffer_with_skip_steps(residual_skip_space) -> None:
     space = residual_skip_space
-    scorer = HiddenSensitivity(space, random_sensitivities(space))
-    agent = DDPGAgent(space, warmup=1, **SMALL)
-    history = []
-    for _ in range(3):
-        proposals = agent.ask(2)
-        results = [scorer(p.plan) for p in proposals]
-        agent.tell(proposals, results)
-        history += list(zip(proposals, results, strict=True))
+    agent, history = three_rounds(space)
 
     resumed = DDPGAgent(space, warmup=1, **SMALL)
     resumed.load_state_dict(round_trip(agent.state_dict()))

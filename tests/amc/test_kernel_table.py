@@ -132,18 +132,27 @@ def switching_law(layer: nn.Module, args: tuple[Any, ...], device: Any, **kwargs
     return layer.in_features * layer.out_features * 1e-9
 
 
-def test_the_space_sees_a_kernel_switch_that_flops_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = LeNet().eval()
+def law_table(
+    model: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, KernelTable, LatencyTable]:
+    """``model``'s kernels timed by :func:`switching_law`, and a latency table whose line is
+    exact: anchors (every unit cut together) timed as the same law runs, the layers plus
+    0.5 ms of fixed time."""
     graph = analyze(model, X)
     monkeypatch.setattr("amc.kernel_table.time_call", switching_law)
     law = KernelTable.measure(model, X, graph, "cpu", progress=False, grid=16, passes=1)
-    # anchors (every unit cut together) timed as the same law runs: the layers plus 0.5 ms
     kept = [
         {u.name: channels_for(w, u.channels) for u in graph.units if u.channel_prunable}
         for w in (0.25, 0.5, 0.75)
     ]
     meta = {"anchor_channels": kept, "anchors": [[0.0, 0.5 + law.total_ms(k)] for k in kept]}
     table = LatencyTable(dense_ms=0.5 + law.dense_ms, units={}, meta=meta).with_kernels(law)
+    return graph, law, table
+
+
+def test_the_space_sees_a_kernel_switch_that_flops_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = LeNet().eval()
+    graph, law, table = law_table(model, monkeypatch)
     assert table.meta["kernel_rms"] == pytest.approx(0.0, abs=1e-9)  # the line is exact
     assert LatencyTable.from_json(json.loads(json.dumps(table.to_json()))) == table
     space = SearchSpace.build(model, X, "latency=0.99", latency_table=table, graph=graph)
@@ -157,30 +166,13 @@ def test_the_space_sees_a_kernel_switch_that_flops_cannot(monkeypatch: pytest.Mo
     assert by_flops.latency_table is not None and by_flops.latency_table.kernels is None
 
 
-def residual_law_table(
-    monkeypatch: pytest.MonkeyPatch,
-) -> tuple[nn.Module, Any, KernelTable, LatencyTable]:
-    """ResidualNet's kernels timed by :func:`switching_law`, and a latency table whose line
-    is exact: 0.5 ms of fixed time plus the summed kernel timings."""
-    model = ResidualNet().eval()
-    graph = analyze(model, X)
-    monkeypatch.setattr("amc.kernel_table.time_call", switching_law)
-    law = KernelTable.measure(model, X, graph, "cpu", progress=False, grid=16, passes=1)
-    kept = [
-        {u.name: channels_for(w, u.channels) for u in graph.units if u.channel_prunable}
-        for w in (0.25, 0.5, 0.75)
-    ]
-    meta = {"anchor_channels": kept, "anchors": [[0.0, 0.5 + law.total_ms(k)] for k in kept]}
-    table = LatencyTable(dense_ms=0.5 + law.dense_ms, units={}, meta=meta).with_kernels(law)
-    return model, graph, law, table
-
-
 def test_a_skipped_block_leaves_the_sum_and_its_share_of_the_fixed_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A skip removes its layers' kernel timings, and the line's fixed time (the per-layer
     overhead the kernels do not time) shrinks with the share of layers it leaves."""
-    model, graph, law, table = residual_law_table(monkeypatch)
+    model = ResidualNet().eval()
+    graph, law, table = law_table(model, monkeypatch)
     block = graph.skippable[-1]
     dense_of = law.dense.get
     own = sum(
@@ -232,7 +224,8 @@ def test_kernels_are_timed_on_cuda_and_the_model_stays_put() -> None:
 def test_a_target_only_plans_with_skips_reach_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
     """The floor warning, where the device is slower than the table: plans that skip no block
     no longer fit, those that skip blocks still do, and the warning says which."""
-    model, graph, _, table = residual_law_table(monkeypatch)
+    model = ResidualNet().eval()
+    graph, _, table = law_table(model, monkeypatch)
     space = SearchSpace.build(
         model, X, "latency=0.2", latency_table=table, graph=graph, skip_blocks=True
     )
