@@ -63,7 +63,7 @@ class _Baseline(Agent):
     ) -> Proposal:
         plan = self.space.make_plan(dict(keep), skip=skip, agent=self.name, episode=self.episode)
         params = {name: float(plan.units[name].keep_ratio) for name in keep}
-        for block in getattr(self.space, "skippable", ()):
+        for block in self.space.skippable:
             params[f"skip:{block}"] = float(block in plan.skip)
         proposal = Proposal(plan=plan, params=params, episode=self.episode, info=info)
         self.episode += 1
