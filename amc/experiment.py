@@ -10,6 +10,7 @@ the best plan and writes the plots.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -355,10 +356,21 @@ def finish(
     best = [trial for trial in record.best(max(1, experiment.config.choose.rescore)) if trial.plan]
     finished = Finished(study=record.name, best=None)
     if best:
-        trial, plan, metrics, chosen = _choose(
-            experiment, best, progress=progress, uniform=record.attrs.get("uniform"),
-            dense_ms=record.attrs.get("dense", {}).get("latency_ms"),
-        )  # fmt: skip
+        uniform = record.attrs.get("uniform")
+        basis = _choice_basis(experiment, best, uniform)
+        earlier = _earlier_choice(record.attrs.get("chosen"), basis, best)
+        if earlier is not None:
+            trial, plan, metrics, chosen = earlier
+            if progress:
+                Console(stderr=True).print(
+                    "the study's earlier choice stands (the same best trials and `choose` "
+                    "settings): " + (f"trial {trial.number}" if trial else "the uniform plan")
+                )
+        else:
+            trial, plan, metrics, chosen = _choose(
+                experiment, best, progress=progress, uniform=uniform,
+                dense_ms=record.attrs.get("dense", {}).get("latency_ms"),
+            )  # fmt: skip
         number = trial.number if trial is not None else None  # None: the uniform plan won
         workload = experiment.workload
         pruned = apply_plan(workload.model, plan, workload.example_inputs, graph=workload.graph)
@@ -367,7 +379,8 @@ def finish(
             metrics["params"] = count_params(pruned)
         if len(chosen) > 1:  # something was done beyond taking the best trial
             chosen |= {"plan": plan.to_json(), "metrics": metrics}
-        record.set_attr("chosen", chosen)  # always: a resumed search's earlier choice is replaced
+        # always: a resumed search whose best trials or settings changed replaces the choice
+        record.set_attr("chosen", chosen | {"basis": basis})
         plan = plan.with_provenance(study=record.name, trial=number)
         if trial is None:
             plan = plan.with_provenance(uniform=True)
@@ -392,6 +405,41 @@ def finish(
         finished.plots = write_report(record, out / "plots")
     finished.rows = comparison_rows(record)
     return finished
+
+
+def _choice_basis(
+    experiment: Experiment, best: list[Any], uniform: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What a choice is made from: the candidate trials, the uniform plan (a candidate with
+    ``choose.rescore_uniform``, the aimed comparison otherwise), the ``choose`` settings and
+    the target. Stored beside the choice, so that finishing the study again from the same
+    basis (``amc resume`` of a completed search) keeps it instead of re-running minutes of
+    re-scores and latency readings that, on a noisy machine, could pick another plan."""
+    plan = (uniform or {}).get("plan")
+    return {
+        "trials": [trial.number for trial in best],
+        "uniform": _digest(PruningPlan.from_json(plan).key()) if plan else None,
+        "choose": experiment.config.choose.model_dump(mode="json"),
+        "target": str(experiment.config.target),
+    }
+
+
+def _earlier_choice(
+    stored: Any, basis: Mapping[str, Any], best: list[Any]
+) -> tuple[Any, PruningPlan, dict[str, Any], dict[str, Any]] | None:
+    """The study's stored choice as :func:`_choose` returns one, where it was made from
+    ``basis`` (else None: the choice is made again)."""
+    if not isinstance(stored, Mapping) or stored.get("basis") != basis:
+        return None
+    number = stored.get("trial")
+    trial = next((trial for trial in best if trial.number == number), None)
+    chosen = {key: value for key, value in stored.items() if key not in ("basis", "plan")}
+    metrics = dict(chosen.pop("metrics", {}))
+    if stored.get("plan"):
+        return trial, PruningPlan.from_json(stored["plan"]), metrics, chosen
+    if trial is None:  # only the best trial taken, yet it is not among them
+        return None
+    return trial, trial.plan, _plain(trial.metrics), chosen
 
 
 def _choose(
@@ -623,6 +671,11 @@ def _model_kwargs(experiment: Experiment) -> dict[str, Any]:
         "image_size": shape[1],
         **experiment.spec.model_kwargs,
     }
+
+
+def _digest(value: Any) -> str:
+    """A short, stable name for a JSON-ready value (a plan's key), to store and compare."""
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
 
 
 def _plain(metrics: Any) -> dict[str, Any]:

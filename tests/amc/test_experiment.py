@@ -267,3 +267,49 @@ def test_a_search_with_skip_blocks_records_and_exports_the_skips(tmp_path: Path)
     pruned = apply_plan(prepared.workload.model, plan, prepared.workload.example_inputs)
     for block in plan.skip:
         assert isinstance(pruned.get_submodule(block), torch.nn.Identity)
+
+
+def test_finishing_again_from_the_same_trials_and_settings_keeps_the_earlier_choice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`amc resume` of a completed search finishes it again: the choice stored in the study
+    stands (no re-score, no reading) while its best trials and `choose` settings are the same,
+    and is made again when either changed."""
+    import amc.choose
+    from amc.evaluate import EvalResult
+    from amc.plan import PruningPlan
+
+    rescored: list[int] = []
+
+    def rescore(
+        workload: Any, plans: Any, steps: int, held_out: Any = None, **_: Any
+    ) -> list[Any]:
+        rescored.append(len(plans))
+        return [EvalResult(status="ok", accuracy=0.1 * (i + 1)) for i in range(len(plans))]
+
+    monkeypatch.setattr(amc.choose, "rescore", rescore)
+    overrides = {
+        "runs_dir": str(tmp_path / "runs"),
+        "storage": f"sqlite:///{tmp_path}/amc.db",
+        "target": "flops=0.6",
+        "episodes": 3,
+        "choose.rescore": 2,
+    }
+    prepared = experiment.prepare(load_config(None, overrides, text=CONFIG), progress=False)
+    record, _ = experiment.search(prepared, progress=False)
+    first = experiment.finish(prepared, record, plots=False)
+    assert rescored == [3]  # the two best trials and the uniform plan
+    chosen = record.attrs["chosen"]
+    assert chosen["basis"]["trials"] == [trial.number for trial in record.best(2)]
+
+    again = experiment.finish(prepared, record, plots=False)
+    assert rescored == [3]  # nothing re-scored
+    assert record.attrs["chosen"] == chosen and again.best == first.best
+    assert again.plan_path is not None and first.plan_path is not None
+    assert PruningPlan.load(again.plan_path).key() == PruningPlan.load(first.plan_path).key()
+
+    choose = prepared.config.choose.model_copy(update={"rescore_steps": 7})
+    changed = replace(prepared, config=prepared.config.model_copy(update={"choose": choose}))
+    experiment.finish(changed, record, plots=False)
+    assert rescored == [3, 3]  # other settings: chosen again
+    assert record.attrs["chosen"]["basis"]["choose"]["rescore_steps"] == 7
