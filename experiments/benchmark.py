@@ -188,6 +188,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma list of {', '.join(STRATEGIES)} (default: all)",
     )
     add("--cifar10", default=None, help="local CIFAR-10 binary folder (enables resnet56)")
+    add(
+        "--fashion-mnist",
+        default=None,
+        help="folder of Fashion-MNIST IDX files for the -fmnist cases (default: Debian's "
+        "package dataset-fashion-mnist, 'apt-get install dataset-fashion-mnist')",
+    )
     add("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; quick 1)")
     add("--evals", type=int, default=None, help="plans each strategy evaluates (default 16)")
     add(
@@ -694,7 +700,11 @@ class Task:
 
 
 def load_task(case: Case, args: argparse.Namespace) -> Task:
-    data_spec = f"cifar10:{args.cifar10}" if case.name == "resnet56-cifar10" else case.data
+    data_spec = case.data
+    if case.name == "resnet56-cifar10":
+        data_spec = f"cifar10:{args.cifar10}"
+    elif case.data == "fashion-mnist" and args.fashion_mnist:
+        data_spec = f"fashion-mnist:{args.fashion_mnist}"
     log(f"[{case.name}] baseline {case.model} on {data_spec} ({args.baseline_epochs} epochs)")
     model, weights = pretrained(
         case.model, data_spec, input_shape=case.input_shape, epochs=args.baseline_epochs,
