@@ -322,3 +322,27 @@ def test_aim_margin_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
         benchmark.parse_args(["--quick", "--aim-margin", "0.5"])
     assert exit_.value.code == 2
     assert "--aim-margin must be in [0, 0.5)" in capsys.readouterr().err
+
+
+def test_the_fashion_mnist_cases_read_a_folder_given_on_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """--fashion-mnist FOLDER: the -fmnist cases read IDX files from there (else Debian's
+    package), for the baseline and the splits alike."""
+    import numpy as np
+
+    from tests.amc.zoo.test_data import _write_idx
+
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    _write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (16, 28, 28)))
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", np.arange(16) % 10)
+    _write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (8, 28, 28)))
+    _write_idx(folder / "t10k-labels-idx1-ubyte", np.arange(8) % 10)
+    args = benchmark.parse_args(
+        ["--fashion-mnist", str(folder), "--baseline-epochs", "1", "--runs", str(tmp_path)]
+    )
+    task = benchmark.load_task(benchmark.CASES["resnet20-fmnist"], args)
+    assert task.dense["n_train"] == 16 and task.dense["n_val"] + task.dense["n_test"] == 8
+    assert [path.suffix for path in (tmp_path / "baselines").iterdir()] == [".safetensors"]
