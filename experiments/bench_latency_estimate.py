@@ -12,6 +12,10 @@ kind of plan show what each space lets through at the same target.
 
     python experiments/bench_latency_estimate.py --batches 1 32 --plans 40
 
+With ``--skip-blocks`` the spaces may skip residual blocks (the random agent skips each with
+probability 1/2): the table as measured, which also times the dense model without each block
+(``LatencyTable.skips``), against the same table pricing skips by its line alone.
+
 The model's weights do not change its latency: it is built untrained.
 """
 
@@ -22,6 +26,7 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write every measurement here (JSON)")
+    parser.add_argument(
+        "--skip-blocks", action="store_true", help="plans may skip residual blocks (see above)"
+    )
     return parser.parse_args(argv)
 
 
@@ -67,7 +75,7 @@ def sample(spaces: dict[str, SearchSpace], count: int, seed: int) -> list[tuple[
         if kind.startswith("random"):
             [proposal] = agents[name].ask(1)
             agents[name].tell([proposal], [None])
-            plans.append((kind, proposal.plan))
+            plans.append((kind + (", skipping" if proposal.plan.skip else ""), proposal.plan))
         else:  # uniform: the widest one the space's estimate lets through, from a random start
             start = 0.2 + 0.8 * float(torch.rand(1, generator=generator))
             plans.append((kind, space.make_plan(space.repair(dict.fromkeys(space.names, start)))))
@@ -94,14 +102,19 @@ def run_batch(args: argparse.Namespace, batch: int) -> dict[str, Any]:
     model = get_model(args.model, num_classes=10, in_channels=shape[0]).eval()
     x = torch.randn(batch, *shape)
     graph = analyze(model, x[:1])
-    table = LatencyTable.measure(model, x, graph, "cpu", threads=1, progress=True)
+    skips = graph.skippable if args.skip_blocks else ()
+    table = LatencyTable.measure(model, x, graph, "cpu", threads=1, progress=True, skips=skips)
     tables = {"kernels": table, f"block {table.block}": table.at_block(graph, table.block)}
     if table.block != 1:
         tables["block 1"] = table.at_block(graph, 1)
+    if args.skip_blocks:  # the skips' own timings against the line alone
+        tables = {"kernels, skips timed": table, "kernels": replace(table, skips={})}
     target = f"latency={args.target}"
 
     def space(t: LatencyTable) -> SearchSpace:
-        built = SearchSpace.build(model, x, target, latency_table=t, graph=graph)
+        built = SearchSpace.build(
+            model, x, target, latency_table=t, graph=graph, skip_blocks=args.skip_blocks
+        )
         built.example_inputs = x
         return built
 
@@ -120,11 +133,11 @@ def run_batch(args: argparse.Namespace, batch: int) -> dict[str, Any]:
         # on every plan, the table as measured; then as a search uses it: calibrated online on
         # the plans its own space proposed, in the order they were measured
         plain, calibrated = space(t), space(t)
-        raw = [plain.cost_fraction(_keep(plan)) for _, plan in plans]
-        own = [i for i, (kind, _) in enumerate(plans) if kind.endswith(f"({name})")]
+        raw = [plain.cost_fraction(_keep(plan), skip=plan.skip) for _, plan in plans]
+        own = [i for i, (kind, _) in enumerate(plans) if f"({name})" in kind]
         online = {}
         for i in own:
-            online[i] = calibrated.cost_fraction(_keep(plans[i][1]))
+            online[i] = calibrated.cost_fraction(_keep(plans[i][1]), skip=plans[i][1].skip)
             calibrated.calibrate_latency(plans[i][1], measured[i])
         for label, estimates in (("table only", dict(enumerate(raw))), ("calibrated", online)):
             row: dict[str, Any] = {"estimator": f"{name}, {label}"}
@@ -142,9 +155,10 @@ def run_batch(args: argparse.Namespace, batch: int) -> dict[str, Any]:
         "block": table.block,
         "block_rms": table.meta.get("block_rms"),
         "kernel_rms": table.meta.get("kernel_rms"),
+        "skip_shortfall": space(table).skip_shortfall(),
         "table": table.to_json(),
         "plans": [
-            {"kind": kind, "measured": m, "keep": _keep(plan)}
+            {"kind": kind, "measured": m, "keep": _keep(plan), "skip": list(plan.skip)}
             for (kind, plan), m in zip(plans, measured, strict=True)
         ],
         "rows": rows,
@@ -159,6 +173,15 @@ def report(result: dict[str, Any]) -> list[str]:
         f"### batch {result['batch']}: the table chose block {result['block']} (line error by "
         f"block, fraction of dense: {rms}; on the kernel timings: {result['kernel_rms']:.3f})",
         "",
+        *(
+            [
+                f"skips timed: each saves {result['skip_shortfall']:+.3f} of the dense latency "
+                f"per share of the layers skipped beyond the line (the median over blocks)",
+                "",
+            ]
+            if result.get("skip_shortfall") is not None
+            else []
+        ),
         "measured ratio to dense: "
         + "; ".join(
             f"{kind} {min(v):.3f}-{max(v):.3f} (median {statistics.median(v):.3f}, n={len(v)})"

@@ -246,3 +246,43 @@ def test_a_target_only_plans_with_skips_reach_is_said_so(monkeypatch: pytest.Mon
                             "(recorded as over budget).")  # fmt: skip
     lowest = dict.fromkeys(space.names, space.lower_bound)
     assert space.fits(lowest, skip=space.skippable) and space.smallest_fraction() <= 0.2
+
+
+def test_a_skip_is_priced_by_the_timings_of_the_model_without_each_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the table timed the model without each block, a skip saves what those timings
+    say beyond the line: their shortfall against the line per share of layers skipped,
+    pooled over the blocks (the median), priced by each plan's share of layers skipped."""
+    from dataclasses import replace
+
+    model = ResidualNet().eval()
+    graph, _, table = law_table(model, monkeypatch)
+    line = SearchSpace.build(
+        model, X, "latency=0.99", latency_table=table, graph=graph, skip_blocks=True
+    )
+    dense_ms = table.dense_ms
+    share = {b: 1 - line._cost.kept_layers((b,)) for b in graph.skippable}  # type: ignore[attr-defined]
+    line_ms = {b: line.cost_fraction({}, skip=[b]) * dense_ms for b in graph.skippable}
+    # the two blocks fall short of the line by 5% and 15% of dense per share of layers: 10%
+    rates = dict(zip(graph.skippable, (0.05 * dense_ms, 0.15 * dense_ms), strict=True))
+    measured = {b: line_ms[b] - rates[b] * share[b] for b in graph.skippable}
+    timed = replace(table, skips=measured)
+    assert LatencyTable.from_json(json.loads(json.dumps(timed.to_json()))) == timed
+    space = SearchSpace.build(
+        model, X, "latency=0.99", latency_table=timed, graph=graph, skip_blocks=True
+    )
+    assert line.skip_shortfall() is None and space.skip_shortfall() == pytest.approx(0.1)
+    for block in graph.skippable:
+        expected = line_ms[block] / dense_ms - 0.1 * share[block]
+        assert space.cost_fraction({}, skip=[block]) == pytest.approx(expected)
+    # both skipped: the line already prices the model at the estimate's floor, and stays there
+    both = list(graph.skippable)
+    assert space.cost_fraction({}, skip=both) == line.cost_fraction({}, skip=both) == 0.05
+    # plans that skip nothing are priced by the line alone
+    assert space.cost_fraction({"conv1": 0.5}) == line.cost_fraction({"conv1": 0.5})
+    # the calibrated scale carries over to the shortfall as to the line
+    space.latency_table = replace(timed, scale=2.0)
+    first = graph.skippable[0]
+    expected = 2 * (line_ms[first] / dense_ms - 0.1 * share[first])
+    assert space.cost_fraction({}, skip=[first]) == pytest.approx(expected)
