@@ -47,9 +47,6 @@ from amc.units import UnitGraph
 LATENCY_TABLE_FORMAT = "amc.latency_table/1"
 DEFAULT_WIDTHS = (0.25, 0.5, 0.75)
 BLOCKS = (1, 2, 4, 8, 16, 32)  # channel blocks a measured table chooses from
-# readings of each skipped block (their median): one reading of a plan's ratio to dense spreads
-# several percent at batch 1 on a shared CPU, as much as one block's skip saves
-SKIP_READINGS = 3
 
 
 def padded(count: int, channels: int, block: int) -> int:
@@ -109,9 +106,6 @@ class LatencyTable:
     #: per-layer kernel timings; when present the line is fitted on their summed fraction
     #: (:meth:`KernelTable.fraction`) instead of on FLOPs, and ``block`` only records the choice
     kernels: KernelTable | None = None
-    #: residual block -> latency (ms) of the dense model with that block alone replaced by
-    #: identity (measured where the space offers layer skipping; the space prices skips by it)
-    skips: Mapping[str, float] = field(default_factory=dict)
 
     def saving(self, name: str, keep_ratio: float, nm: bool = False) -> float:
         """Milliseconds saved by cutting unit ``name`` to ``keep_ratio`` (and N:M if ``nm``)."""
@@ -211,7 +205,6 @@ class LatencyTable:
             "scale": self.scale,
             "block": self.block,
             "kernels": self.kernels.to_json() if self.kernels is not None else None,
-            "skips": dict(self.skips),
         }
 
     @classmethod
@@ -242,7 +235,6 @@ class LatencyTable:
                 scale=float(data.get("scale", 1.0)),
                 block=int(data.get("block", 1)),  # tables measured before blocks: proportional
                 kernels=KernelTable.from_json(data["kernels"]) if data.get("kernels") else None,
-                skips={str(b): float(ms) for b, ms in (data.get("skips") or {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise PlanFormatError(
@@ -310,7 +302,6 @@ class LatencyTable:
         kernels: bool = True,
         lower_bound: float = 0.2,
         kernel_options: Mapping[str, Any] | None = None,
-        skips: Sequence[str] = (),
     ) -> LatencyTable:
         """Time the model with each unit alone cut to each of ``widths``, and its layers.
 
@@ -335,10 +326,6 @@ class LatencyTable:
             lower_bound: the kernel grid covers the counts from this (the space's) up.
             kernel_options: more keyword arguments for :meth:`KernelTable.measure` (``grid``,
                 ``block_s``, ``passes``, ``seed``).
-            skips: residual blocks (:attr:`amc.units.UnitGraph.skippable`) to time the dense
-                model without, one at a time (:attr:`skips`: the median of
-                :data:`SKIP_READINGS` readings each; a search that may skip blocks prices
-                their skips by these).
         """
         from amc.prune import apply_plan  # prune imports plan, which imports units: no cycle
 
@@ -351,11 +338,9 @@ class LatencyTable:
 
         dense_samples: list[float] = []
 
-        def time(plan_units: Mapping[str, UnitPlan], skip: tuple[str, ...] = ()) -> float:
+        def time(plan_units: Mapping[str, UnitPlan]) -> float:
             """The cut model's latency as a fraction of the dense model's, timed together."""
-            plan = PruningPlan(
-                units=plan_units, model=graph.fingerprint, round_to=round_to, skip=skip
-            )
+            plan = PruningPlan(units=plan_units, model=graph.fingerprint, round_to=round_to)
             candidate = apply_plan(model, plan, example_inputs, graph=graph)
             cut, dense = measure_interleaved(
                 [candidate, model], example_inputs, device, warmup=warmup,
@@ -381,10 +366,7 @@ class LatencyTable:
             }
             for width in fractions
         }
-        skip_jobs = [name for name in skips for _ in range(SKIP_READINGS)]
-        bar = _progress(
-            len(jobs) + len(anchor_plans) + len(skip_jobs), progress, f"latency table on {device}"
-        )
+        bar = _progress(len(jobs) + len(anchor_plans), progress, f"latency table on {device}")
         try:
             measured: dict[str, dict[float, float]] = {u.name: {} for u in chosen}
             nm_ms: dict[str, float] = {}
@@ -405,10 +387,6 @@ class LatencyTable:
                 if plan_units:
                     kept_counts = {name: int(p.channels or 0) for name, p in plan_units.items()}
                     anchor_ratios.append((kept_counts, time(plan_units)))
-                bar.update(1)
-            skip_ratios: dict[str, list[float]] = {name: [] for name in skips}
-            for name in skip_jobs:
-                skip_ratios[name].append(time({}, (name,)))
                 bar.update(1)
         finally:
             bar.close()
@@ -449,8 +427,7 @@ class LatencyTable:
         meta |= {"block_rms": {str(b): rms for b, rms in block_rms.items()}}
         meta |= {"anchor_channels": [dict(kept) for kept, _ in anchors]}
         meta |= {"anchors": [[0.0, ms] for _, ms in anchors]}  # FLOPs filled in by at_block
-        skip_ms = {name: float(np.median(r)) * dense_ms for name, r in skip_ratios.items()}
-        table = cls(dense_ms=dense_ms, units=curves, device=str(device), meta=meta, skips=skip_ms)
+        table = cls(dense_ms=dense_ms, units=curves, device=str(device), meta=meta)
         table = table.at_block(graph, block)
         if not kernels:
             return table

@@ -145,7 +145,6 @@ class SearchSpace:
     _layers_by_name: dict[str, LayerCost] = field(init=False, repr=False)
     _latency_ratios: list[float] = field(init=False, repr=False, default_factory=list)
     _floor_warned: bool = field(init=False, repr=False, default=False)
-    _skip_rates: dict[Any, float] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.target = Target.parse(self.target)
@@ -245,8 +244,6 @@ class SearchSpace:
                     f"Pass device='cpu' or 'cuda', or a measured latency_table."
                 )
             options = {"lower_bound": lower_bound, **dict(latency_options or {})}
-            if skip_blocks:  # skips are priced by timings of the model without each block
-                options.setdefault("skips", tuple(graph.skippable))
             latency_table = LatencyTable.measure(
                 model, example_inputs, graph, device, nm=nm, round_to=round_to, **options
             )
@@ -711,10 +708,7 @@ class SearchSpace:
         inside = self.units_inside(skipped)
         dense = self._dense_channels
         gone = {**channels, **{name: dense[name] for name in inside}}
-        estimate = self._estimate(gone, nm_used - inside, skipped) - self._skip_extra(skipped)
-        table = self.latency_table
-        assert table is not None
-        estimate = max(estimate, 0.05 * table.dense_ms * table.scale)  # the table's own floor
+        estimate = self._estimate(gone, nm_used - inside, skipped)
         # and a skipped block is never slower than the block run at any width: the plan with
         # them run thinnest bounds it (an estimate without a fit prices a skip only roughly)
         floor = self.lower_bound
@@ -723,43 +717,6 @@ class SearchSpace:
             **{n: channels_for(floor, dense[n], self.round_to) for n in inside if n in channels},
         }
         return min(estimate, self._estimate(thinnest, nm_used))
-
-    def skip_shortfall(self) -> float | None:
-        """What a skip saves beyond the latency estimate's line, as a fraction of the dense
-        latency per share of the model's layers skipped (negative where it saves less); None
-        where the table holds no timings of the model without its blocks.
-
-        The line prices a skip by its layers' kernel timings (or FLOPs) and their share of the
-        fixed time, yet a block carries more per-layer overhead than that share (module calls,
-        norms, activations, the residual add): on the project's VM at batch 1, resnet20 with
-        layer1's three blocks skipped was estimated at 0.486 of dense and measured at 0.371.
-        So where the table timed the dense model with each block skipped alone
-        (:attr:`LatencyTable.skips`), each block's shortfall against the line, per share of
-        layers it skips, is read; their median is the rate every skip is priced at. Pooled,
-        so one block's noisy reading does not price it alone."""
-        table = self.latency_table
-        if table is None or not table.skips:
-            return None
-        key = (table.dense_ms, table.fit, table.kernels is not None, tuple(table.skips.items()))
-        if key not in self._skip_rates:
-            rates = []
-            for block, measured_ms in table.skips.items():
-                share = 1.0 - self._cost.kept_layers((block,))
-                if block in self.graph.skippable and share > 0:
-                    line = self._estimate(self._dense_channels, set(), (block,)) / table.scale
-                    rates.append((line - measured_ms) / table.dense_ms / share)
-            self._skip_rates[key] = float(np.median(rates)) if rates else 0.0
-        return self._skip_rates[key]
-
-    def _skip_extra(self, skipped: tuple[str, ...]) -> float:
-        """Milliseconds skipping ``skipped`` saves beyond the line, at the table's current
-        scale (:meth:`skip_shortfall`; 0 without timings of skips)."""
-        rate = self.skip_shortfall() if skipped else None
-        if rate is None:
-            return 0.0
-        table = self.latency_table
-        assert table is not None
-        return table.scale * rate * table.dense_ms * (1.0 - self._cost.kept_layers(skipped))
 
     def _estimate(
         self, channels: Mapping[str, int], nm_used: set[str], skipped: tuple[str, ...] = ()

@@ -12,9 +12,9 @@ kind of plan show what each space lets through at the same target.
 
     python experiments/bench_latency_estimate.py --batches 1 32 --plans 40
 
-With ``--skip-blocks`` the spaces may skip residual blocks (the random agent skips each with
-probability 1/2): the table as measured, which also times the dense model without each block
-(``LatencyTable.skips``), against the same table pricing skips by its line alone.
+With ``--skip-blocks`` the spaces may also skip residual blocks (the random agent skips each
+with probability 1/2; uniform plans skip none): how the line prices a skip (its layers' kernel
+timings and their share of the fixed time) against what plans with skips measure.
 
 The model's weights do not change its latency: it is built untrained.
 """
@@ -26,7 +26,6 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +101,10 @@ def run_batch(args: argparse.Namespace, batch: int) -> dict[str, Any]:
     model = get_model(args.model, num_classes=10, in_channels=shape[0]).eval()
     x = torch.randn(batch, *shape)
     graph = analyze(model, x[:1])
-    skips = graph.skippable if args.skip_blocks else ()
-    table = LatencyTable.measure(model, x, graph, "cpu", threads=1, progress=True, skips=skips)
+    table = LatencyTable.measure(model, x, graph, "cpu", threads=1, progress=True)
     tables = {"kernels": table, f"block {table.block}": table.at_block(graph, table.block)}
     if table.block != 1:
         tables["block 1"] = table.at_block(graph, 1)
-    if args.skip_blocks:  # the skips' own timings against the line alone
-        tables = {"kernels, skips timed": table, "kernels": replace(table, skips={})}
     target = f"latency={args.target}"
 
     def space(t: LatencyTable) -> SearchSpace:
@@ -155,7 +151,6 @@ def run_batch(args: argparse.Namespace, batch: int) -> dict[str, Any]:
         "block": table.block,
         "block_rms": table.meta.get("block_rms"),
         "kernel_rms": table.meta.get("kernel_rms"),
-        "skip_shortfall": space(table).skip_shortfall(),
         "table": table.to_json(),
         "plans": [
             {"kind": kind, "measured": m, "keep": _keep(plan), "skip": list(plan.skip)}
@@ -173,15 +168,6 @@ def report(result: dict[str, Any]) -> list[str]:
         f"### batch {result['batch']}: the table chose block {result['block']} (line error by "
         f"block, fraction of dense: {rms}; on the kernel timings: {result['kernel_rms']:.3f})",
         "",
-        *(
-            [
-                f"skips timed: each saves {result['skip_shortfall']:+.3f} of the dense latency "
-                f"per share of the layers skipped beyond the line (the median over blocks)",
-                "",
-            ]
-            if result.get("skip_shortfall") is not None
-            else []
-        ),
         "measured ratio to dense: "
         + "; ".join(
             f"{kind} {min(v):.3f}-{max(v):.3f} (median {statistics.median(v):.3f}, n={len(v)})"

@@ -780,8 +780,7 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
         task.model, example, graph, "cpu", widths=args.table_widths, threads=args.threads,
         progress=False, lower_bound=args.lower_bound, round_to=args.round_to,
         kernel_options=args.kernel_options,
-        kernels=args.latency_model not in ("blocks", "line"),
-        skips=graph.skippable if args.skip_blocks else (), **args.lat_search,
+        kernels=args.latency_model not in ("blocks", "line"), **args.lat_search,
     )  # fmt: skip
     build = functools.partial(build, latency_table=table)
     errors = ", ".join(f"{b}: {e:.3f}" for b, e in (table.meta.get("block_rms") or {}).items())
@@ -826,13 +825,6 @@ def space_for(task: Task, target: Target, batch: int, args: argparse.Namespace,
         task.latency_model[key] += (
             f", its estimate scaled by {scale:.3f} to start (auto: the table predicted the "
             f"target unreachable: {error})"
-        )
-    shortfall = space.skip_shortfall()
-    if shortfall is not None:
-        task.latency_model[key] += (
-            f"; skips priced by the dense model timed without each of its "
-            f"{len(table.skips)} skippable blocks: they save {shortfall:+.3f} of the dense "
-            f"latency per share of the layers skipped beyond the line (the median over blocks)"
         )
     space.example_inputs = example  # plans are timed at the target's batch size
     task.spaces[key] = space

@@ -188,30 +188,3 @@ def test_tables_without_a_block_read_as_proportional() -> None:
     del data["block"]
     assert LatencyTable.from_json(data).block == 1
     assert padded(5, 16, 8) == 8 and padded(13, 12, 8) == 12 and padded(5, 16, 1) == 5
-
-
-def test_a_space_offering_skips_times_the_model_without_each_block() -> None:
-    """With skip_blocks the table also times the dense model with each skippable block
-    replaced by identity; the timings survive JSON, and a table stored without them loads."""
-    from tests.tiny_models import ResidualNet
-
-    model = ResidualNet().eval()
-    graph = analyze(model, X)
-    options = {**FAST, "widths": (0.5,), "progress": False}
-    space = SearchSpace.build(
-        model, X, "latency=0.9", device="cpu", graph=graph, skip_blocks=True,
-        latency_options=options,
-    )  # fmt: skip
-    table = space.latency_table
-    assert table is not None and set(table.skips) == set(graph.skippable) == {
-        "layer1.0", "layer1.1",
-    }  # fmt: skip
-    assert all(0 < ms for ms in table.skips.values())
-    stored = json.loads(json.dumps(table.to_json()))
-    assert LatencyTable.from_json(stored) == table
-    del stored["skips"]  # a table measured before skips were timed
-    assert LatencyTable.from_json(stored).skips == {}
-    plain = SearchSpace.build(
-        model, X, "latency=0.9", device="cpu", graph=graph, latency_options=options
-    )
-    assert plain.latency_table is not None and plain.latency_table.skips == {}
