@@ -91,13 +91,16 @@ def _best_index(results: Sequence[EvalResult]) -> int:
 @dataclass
 class Choice:
     """What :func:`choose` picked: the candidate's index, the plan to deliver (aimed where a
-    meter was given), the re-scores (one per candidate, empty if not re-scored) and the aims
-    (candidate index -> :class:`Aimed`)."""
+    meter was given), the re-scores (one per candidate, empty if not re-scored), the aims
+    (candidate index -> :class:`Aimed`: with ``rank_steps`` the quick ones the candidates
+    were re-scored at) and the aim of the plan delivered (``delivered``: the winner's entry
+    of ``aimed``, or with ``rank_steps`` that aim carried on in full; None without a meter)."""
 
     index: int
     plan: PruningPlan
     rescored: list[EvalResult] = field(default_factory=list)
     aimed: dict[int, Aimed] = field(default_factory=dict)
+    delivered: Aimed | None = None
 
 
 def choose(
@@ -112,6 +115,7 @@ def choose(
     aim_confirm: int = 0,
     aim_first: bool = True,
     aim_margin: float = 0.0,
+    rank_steps: int | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> Choice:
     """The plan to deliver among ``plans`` (the search's best first).
@@ -126,35 +130,58 @@ def choose(
     finished 4.5 points under the uniform plan, ``experiments/results/2026-12-07-vm-steady.md``).
     It costs one aim per candidate instead of one. A candidate whose aim found no size
     measured under the target (:attr:`Aimed.fits` false) is delivered only if none fits.
-    ``aim_margin``: :func:`aim`'s ``margin``. ``on_step``: called with ``"reading"`` after
-    each latency measurement and ``"rescore"`` after each re-scored plan (a progress display's
-    hook: the aims and re-scores of a few plans take minutes).
-    """
+
+    ``rank_steps``: with ``aim_first``, the candidates are ranked after a quick aim of this
+    many bisection steps (no growing of units, no re-reads), and only the winner's aim goes
+    on, from the readings it has, to ``aim_steps``, the growing and ``aim_confirm``'s
+    re-reads (:func:`aim`'s ``known``). ``rank_steps`` 4 sizes every candidate to within a
+    sixteenth of its factor's interval, so the ranking is between plans a few channels under
+    their delivered size, for a third to a half of a full aim's readings. None: every
+    candidate's aim is the full one. ``aim_margin``: :func:`aim`'s ``margin``.
+    ``on_step``: called with ``"reading"`` after each latency measurement and ``"rescore"``
+    after each re-scored plan (a progress display's hook: the aims and re-scores of a few
+    plans take minutes)."""
     if not plans:
         raise ValueError("Expected at least one plan to choose from, got none.")
+    if rank_steps is not None and not 0 <= rank_steps <= aim_steps:
+        raise ValueError(
+            f"rank_steps must be between 0 and aim_steps ({aim_steps}), got {rank_steps}."
+        )
     if meter is not None and on_step is not None:
         meter = reporting(meter, on_step)
     aimed: dict[int, Aimed] = {}
 
-    def aimed_plan(index: int) -> PruningPlan:
+    def full_aim(index: int, known: Sequence[tuple[float, float]] = ()) -> Aimed:
         assert meter is not None
-        if index not in aimed:
-            aimed[index] = aim(
-                space, plans[index], meter, steps=aim_steps, confirm=aim_confirm, margin=aim_margin
-            )
-        return aimed[index].plan
+        return aim(
+            space, plans[index], meter, steps=aim_steps, confirm=aim_confirm, margin=aim_margin,
+            known=known,
+        )  # fmt: skip
 
     scored, results, index = list(plans), [], 0
-    if rescore_steps is not None and len(plans) > 1:
-        if meter is not None and aim_first:
-            scored = [aimed_plan(i) for i in range(len(plans))]
+    rescoring = rescore_steps is not None and len(plans) > 1
+    quick = rescoring and meter is not None and aim_first and rank_steps is not None
+    if rescoring and meter is not None and aim_first:
+        for i in range(len(plans)):
+            aimed[i] = (
+                aim(space, plans[i], meter, steps=rank_steps, margin=aim_margin, fill=False)
+                if quick and rank_steps is not None
+                else full_aim(i)
+            )
+        scored = [aimed[i].plan for i in range(len(plans))]
+    if rescoring and rescore_steps is not None:
         results = rescore(workload, scored, rescore_steps, held_out, on_step=on_step)
         index = _best_index(results)
         fitting = [i for i in aimed if aimed[i].fits]
         if aimed and fitting and index not in fitting:  # one the aim could not fit ranks last
             index = fitting[_best_index([results[i] for i in fitting])]
-    plan = aimed_plan(index) if meter is not None else scored[index]
-    return Choice(index, plan, results, aimed)
+    if meter is None:
+        return Choice(index, scored[index], results, aimed)
+    if quick:
+        delivered = full_aim(index, aimed[index].tried)
+    else:
+        delivered = aimed[index] = aimed.get(index) or full_aim(index)
+    return Choice(index, delivered.plan, results, aimed, delivered)
 
 
 def reporting(
@@ -245,6 +272,8 @@ def aim(
     steps: int = AIM_STEPS,
     confirm: int = 0,
     margin: float = 0.0,
+    fill: bool = True,
+    known: Sequence[tuple[float, float]] = (),
 ) -> Aimed:
     """The plan of ``plan``'s shape that measures closest under the space's target.
 
@@ -279,6 +308,13 @@ def aim(
             aimed plans 1-2% higher (``experiments/results/2026-12-07-vm-aimfirst.md``), and
             with a 2% margin still up to 2.4 points of dense higher, so they ended level
             with Torch-Pruning's plans, not under them (``2026-12-07-vm-margin.md``).
+        fill: after the bisection, grow units one by one toward the next factor's plan (with
+            ``steps`` > 0). A quick aim that only ranks plans can do without it.
+        known: (factor, measured ratio) pairs read earlier for this plan at this target and
+            margin (an earlier aim's :attr:`Aimed.tried`): a factor among them is taken as
+            read instead of measured again. The bisection is deterministic in its readings,
+            so an aim with more ``steps`` given a shorter one's ``tried`` retraces it for
+            free and goes on from where it stopped.
     """
     if steps < 0 or confirm < 0:
         raise ValueError(
@@ -310,8 +346,14 @@ def aim(
             )
         return made[scale]
 
+    earlier = dict(known)
+
     def measured(scale: float) -> float:
-        ratio = read(at(scale))
+        if scale in earlier:
+            ratio = earlier[scale]
+            readings.append((at(scale), ratio))
+        else:
+            ratio = read(at(scale))
         tried.append((scale, ratio))
         return ratio
 
@@ -337,7 +379,7 @@ def aim(
     fitted, fitted_ratio, units = at(high), high_ratio, 0
     labels = {at(scale).key(): (scale, 0) for scale, _ in tried}  # plan -> (factor, grown)
 
-    def fill(
+    def grow(
         under: PruningPlan, under_ratio: float, over: PruningPlan
     ) -> tuple[PruningPlan, float]:
         """:func:`_fill` from ``under`` toward ``over``: the plan it picks. Each plan it
@@ -360,14 +402,14 @@ def aim(
         labels[at(smaller).key()] = (smaller, 0)
         return at(smaller), measured(smaller)
 
-    if steps > 0:
-        fitted, fitted_ratio = fill(fitted, fitted_ratio, at(low))
+    if steps > 0 and fill:
+        fitted, fitted_ratio = grow(fitted, fitted_ratio, at(low))
         high, units = labels[fitted.key()]
     rechecked: list[tuple[float, float]] = []
     if confirm:
         fitted, fitted_ratio = _confirm(
             fitted, fitted_ratio, readings, target, measure, confirm, rechecked,
-            refill=fill if steps > 0 else None, lower=lower,
+            refill=grow if steps > 0 and fill else None, lower=lower,
         )  # fmt: skip
         high, units = labels.get(fitted.key(), (high, units))
     fits = fitted_ratio <= target  # False only where every plan re-read came out over

@@ -76,6 +76,13 @@ class ChooseConfig(_Strict):
         description="with rescore and aim: aim every re-scored plan first, so they are "
         "ranked at the size each would be delivered at (one aim per plan instead of one)",
     )
+    aim_rank_steps: int | None = Field(
+        None,
+        ge=0,
+        description="with aim_first: rank the re-scored plans after a quick aim of this many "
+        "bisection steps (no growing, no re-reads) and carry only the winner's aim on to "
+        "aim_steps (about half the readings with 4); unset: every plan's aim is the full one",
+    )
     aim_repeats: int = Field(
         3,
         ge=1,

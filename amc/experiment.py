@@ -494,7 +494,8 @@ def _choose(
             workload, experiment.space, [candidate[1] for candidate in candidates],
             rescore_steps=choose.rescore_steps if rescoring else None, meter=meter,
             aim_steps=choose.aim_steps, aim_confirm=choose.aim_confirm,
-            aim_first=choose.aim_first, aim_margin=choose.aim_margin, on_step=on_step,
+            aim_first=choose.aim_first, aim_margin=choose.aim_margin,
+            rank_steps=choose.aim_rank_steps, on_step=on_step,
         )  # fmt: skip
         uniform_aimed = None
         if meter is not None and uniform and uniform.get("plan"):
@@ -519,7 +520,8 @@ def _choose(
             for i, (candidate, result) in enumerate(zip(candidates, picked.rescored, strict=True))
         ]
     if meter is not None:
-        aimed = picked.aimed[picked.index]
+        aimed = picked.delivered
+        assert aimed is not None  # a meter was given
         metrics = _aimed_metrics(workload, metrics, aimed.ratio, dense_ms)  # FLOPs: in finish
         chosen["aim"] = aimed.to_json()
     if uniform_aimed is not None:
@@ -539,18 +541,23 @@ def _aimed_uniform(
     """The uniform plan sized by measurement as the delivered plan is, so the two are compared
     at the same measured latency (the uniform plan of the study is sized by the estimate, which
     can leave it well under the target or over it): the aim done for the re-score where it was
-    a candidate, else one more. Its plan, metrics (the search's, with latency, FLOPs and params
-    of the aimed plan) and what the aim did."""
+    a candidate (carried on in full where that was a quick one, ``choose.aim_rank_steps``),
+    else one more. Its plan, metrics (the search's, with latency, FLOPs and params of the
+    aimed plan) and what the aim did."""
     from amc.choose import aim, reporting
 
     choose, workload = experiment.config.choose, experiment.workload
     plan = PruningPlan.from_json(uniform["plan"])
     index = next((i for i, c in enumerate(candidates) if c[1].key() == plan.key()), None)
-    found = picked.aimed.get(index) if index is not None else None
-    if found is None:
+    if index is not None and index == picked.index:
+        found = picked.delivered
+    else:
+        found = picked.aimed.get(index) if index is not None else None
+    if found is None or (choose.aim_rank_steps is not None and found is not picked.delivered):
         found = aim(
             experiment.space, plan, reporting(meter, on_step), steps=choose.aim_steps,
             confirm=choose.aim_confirm, margin=choose.aim_margin,
+            known=found.tried if found is not None else (),
         )  # fmt: skip
     pruned = apply_plan(workload.model, found.plan, workload.example_inputs, graph=workload.graph)
     metrics = _aimed_metrics(workload, _plain(uniform.get("metrics", {})), found.ratio, dense_ms)

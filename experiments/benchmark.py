@@ -303,6 +303,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "the size each would be delivered at (amc.choose.choose; one aim per plan)",
     )
     add(
+        "--aim-rank-steps",
+        type=int,
+        default=None,
+        help="with --aim-first: rank the re-scored plans after a quick aim of this many "
+        "bisection steps (no growing, no re-reads); only the winner's aim goes on in full "
+        "(amc.choose.choose's rank_steps; default: every aim in full)",
+    )
+    add(
         "--aim-repeats",
         type=int,
         default=None,
@@ -367,6 +375,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0.0 <= args.aim_margin < 0.5:
         parser.error(f"--aim-margin must be in [0, 0.5) (a fraction of the target), got "
                      f"{args.aim_margin}")  # fmt: skip
+    if args.aim_rank_steps is not None and not 0 <= args.aim_rank_steps <= args.aim_steps:
+        parser.error(f"--aim-rank-steps must be between 0 and --aim-steps ({args.aim_steps}), "
+                     f"got {args.aim_rank_steps}")  # fmt: skip
     if args.aim_repeats < 1:
         parser.error(f"--aim-repeats must be at least 1 (runs per measurement), got "
                      f"{args.aim_repeats}")  # fmt: skip
@@ -603,14 +614,15 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
             workload, space, [entry[1] for entry in candidates],
             rescore_steps=args.rescore_steps if rescoring else None, held_out=held_out,
             meter=meter, aim_steps=args.aim_steps, aim_confirm=args.aim_confirm,
-            aim_first=args.aim_first, aim_margin=args.aim_margin,
+            aim_first=args.aim_first, aim_margin=args.aim_margin, rank_steps=args.aim_rank_steps,
         )  # fmt: skip
         rescored = [result.accuracy for result in picked.rescored]
         if picked.rescored and args.aim_first and meter is not None:
             rescored_ratios = [picked.aimed[i].ratio for i in range(len(candidates))]
         best = candidates[picked.index]
         if meter is not None:
-            found = picked.aimed[picked.index]
+            found = picked.delivered
+            assert found is not None
             aimed = found.to_json()
             best = (best[0], found.plan, best[2])
         elif not ranked:
@@ -1378,7 +1390,15 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
             )
             + (
                 ", each first aimed as below (so they are ranked at the size each would be "
-                "delivered at)"
+                "delivered at"
+                + (
+                    f"; to rank them a quick aim of {args.aim_rank_steps} bisection steps, "
+                    "without growing units or re-reading, which only the chosen plan's aim "
+                    "carries on in full from its readings"
+                    if args.aim_rank_steps is not None
+                    else ""
+                )
+                + ")"
                 if args.aim and args.aim_first
                 else ""
             )

@@ -35,7 +35,8 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
     start = time.process_time()
     args = ["--quick", "--cases", "resnet20-synthetic,resnet56-cifar10", "--targets",
             "latency=0.8@1", "--out", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"),
-            "--tag", "quick", "--final-seeds", "2", "--spread", "0.5"]  # fmt: skip
+            "--tag", "quick", "--final-seeds", "2", "--spread", "0.5",
+            "--aim-rank-steps", "1"]  # fmt: skip
     assert benchmark.main(args) == 0
     elapsed = time.process_time() - start  # CPU seconds: wall time depends on the machine's load
 
@@ -49,6 +50,7 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
     assert "ddpg reaches 95% of its final best reward" in report
     assert "--cifar10" in report  # the skipped case says how to supply the folder
     assert "`spread` 0.5: each unit removes 0.5-1.5x the uniform fraction" in report
+    assert "to rank them a quick aim of 1 bisection steps" in report
 
     pngs = sorted((tmp_path / "results").glob("quick-*.png"))
     assert len(pngs) == 2  # accuracy vs latency, and the search progress
@@ -322,6 +324,10 @@ def test_aim_margin_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
         benchmark.parse_args(["--quick", "--aim-margin", "0.5"])
     assert exit_.value.code == 2
     assert "--aim-margin must be in [0, 0.5)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.parse_args(["--quick", "--aim-rank-steps", "3"])  # --quick aims 2 steps
+    assert exit_.value.code == 2
+    assert "--aim-rank-steps must be between 0 and --aim-steps (2)" in capsys.readouterr().err
 
 
 def test_the_fashion_mnist_cases_read_a_folder_given_on_the_command_line(

@@ -199,6 +199,74 @@ def test_choose_ranks_the_candidates_at_the_size_each_is_aimed_to(
         choose(first, space, [])  # type: ignore[arg-type]
 
 
+def counting(measure):  # type: ignore[no-untyped-def]
+    """``measure``, and the list of plans it was asked to read."""
+    taken: list[PruningPlan] = []
+
+    def counted(plan: PruningPlan) -> float:
+        taken.append(plan)
+        return float(measure(plan))
+
+    return counted, taken
+
+
+@pytest.mark.parametrize("factor", [0.7, 1.3])
+def test_an_aim_carried_on_from_a_quick_one_reads_only_what_is_new(
+    model: torch.nn.Module, factor: float
+) -> None:
+    """``known``: an aim given a shorter one's readings retraces them without measuring and
+    ends where the full aim would; ``fill=False`` grows no units."""
+    space = flops_space(model, 0.5)
+    plan = shaped_plan(space)
+    full_meter, full_taken = counting(measured_flops(model, factor))
+    full = aim(space, plan, full_meter, steps=6, confirm=1)
+    quick_meter, quick_taken = counting(measured_flops(model, factor))
+    quick = aim(space, plan, quick_meter, steps=2, fill=False)
+    assert quick.grown == 0 and quick.grown_tried == [] and quick.rechecked == []
+    assert len(quick_taken) == len(quick.tried) < len(full_taken)
+    assert quick.tried == full.tried[: len(quick.tried)]  # the same path, shorter
+    on_meter, on_taken = counting(measured_flops(model, factor))
+    carried = aim(space, plan, on_meter, steps=6, confirm=1, known=quick.tried)
+    assert carried.plan.key() == full.plan.key() and carried.ratio == full.ratio
+    assert carried.tried == full.tried and carried.grown == full.grown
+    assert len(on_taken) == len(full_taken) - len(quick_taken)  # nothing read twice
+
+
+def test_choose_ranks_on_quick_aims_and_aims_only_the_winner_in_full(
+    model: torch.nn.Module,
+) -> None:
+    """``rank_steps``: the candidates are re-scored at the size a quick aim gives them, and
+    only the winner's aim goes on, to the plan a full aim of it delivers, for fewer readings
+    than a full aim of every candidate."""
+    space = flops_space(model, 0.5)
+    plans = [space.make_plan({unit.name: keep for unit in space.units}, fit=False)
+             for keep in (0.9, 0.6, 0.45)]  # fmt: skip
+    plans.append(shaped_plan(space))
+    meter, taken = counting(measured_flops(model, 0.8))
+    scores = FirstUnitScores()
+    picked = choose(scores, space, plans, rescore_steps=7, meter=meter, aim_steps=6,  # type: ignore[arg-type]
+                    aim_confirm=1, rank_steps=2)  # fmt: skip
+    quick = len(taken)
+    assert set(picked.aimed) == set(range(len(plans)))
+    assert scores.scored == [picked.aimed[i].plan for i in range(len(plans))]  # at quick size
+    assert all(found.grown == 0 and found.rechecked == [] for found in picked.aimed.values())
+    assert all(len(found.tried) <= 4 for found in picked.aimed.values())  # 1.0, top, 2 steps
+    delivered = picked.delivered
+    assert delivered is not None and picked.plan == delivered.plan
+    alone = aim(space, plans[picked.index], measured_flops(model, 0.8), steps=6, confirm=1)
+    assert delivered.plan.key() == alone.plan.key() and delivered.tried == alone.tried
+    assert delivered.tried[: len(picked.aimed[picked.index].tried)] == (
+        picked.aimed[picked.index].tried
+    )
+    meter, taken = counting(measured_flops(model, 0.8))
+    full = choose(FirstUnitScores(), space, plans, rescore_steps=7, meter=meter, aim_steps=6,  # type: ignore[arg-type]
+                  aim_confirm=1)  # fmt: skip
+    assert full.delivered is full.aimed[full.index]
+    assert quick < len(taken)
+    with pytest.raises(ValueError, match="rank_steps must be between 0 and aim_steps"):
+        choose(scores, space, plans, rescore_steps=7, meter=meter, aim_steps=3, rank_steps=4)  # type: ignore[arg-type]
+
+
 def test_choose_reports_each_reading_and_each_re_score(model: torch.nn.Module) -> None:
     """``on_step`` (a progress display's hook) hears of every measurement the aims take and
     every plan re-scored, as they happen."""

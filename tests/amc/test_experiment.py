@@ -189,6 +189,65 @@ def test_the_uniform_plan_is_re_scored_beside_the_best_and_delivered_if_it_wins(
     assert scored == [["low", "half"]]
 
 
+def test_quick_ranking_aims_are_carried_on_for_the_winner_and_the_uniform_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`choose.aim_rank_steps`: the candidates are re-scored after quick aims; the delivered
+    plan's aim and the uniform plan's (for the report) go on from their quick readings."""
+    import amc.choose
+    from amc.evaluate import EvalResult
+    from amc.plan import PruningPlan
+
+    overrides = {
+        "runs_dir": str(tmp_path / "runs"),
+        "storage": f"sqlite:///{tmp_path}/amc.db",
+        "latency.table_kernels": False,
+        "choose.rescore": 2,
+        "choose.rescore_steps": 3,
+        "choose.aim": True,
+        "choose.aim_steps": 5,
+        "choose.aim_rank_steps": 1,
+        "choose.aim_confirm": 0,
+    }
+    prepared = experiment.prepare(load_config(None, overrides, text=CONFIG), progress=False)
+    space = prepared.space
+    half = space.make_plan({unit.name: 0.5 for unit in space.units}, agent="half")
+    low = space.make_plan({unit.name: space.lower_bound for unit in space.units}, agent="low")
+    uniform_plan = space.make_plan({unit.name: 0.75 for unit in space.units}, agent="uniform")
+    trials = [
+        SimpleNamespace(number=n, plan=plan, metrics={"accuracy": 0.9 - n / 10})
+        for n, plan in enumerate((half, low))
+    ]
+    uniform = {"plan": uniform_plan.to_json(), "metrics": {"accuracy": 0.5}}
+    readings: list[str] = []
+
+    def rescore(workload: Any, plans: Any, steps: int, *_: Any, **__: Any) -> list[Any]:
+        score = {"uniform": 0.4, "half": 0.6, "low": 0.2}
+        return [EvalResult(status="ok", accuracy=score[p.provenance["agent"]]) for p in plans]
+
+    def latency_meter(workload: Any, **_: Any) -> Any:
+        def read(plan: PruningPlan) -> float:
+            readings.append(plan.provenance["agent"])
+            return sum(u.keep_ratio for u in plan.units.values()) / len(plan.units)
+
+        return read
+
+    monkeypatch.setattr(amc.choose, "rescore", rescore)
+    monkeypatch.setattr(amc.choose, "latency_meter", latency_meter)
+    trial, plan, _, chosen = experiment._choose(prepared, trials, progress=False, uniform=uniform)
+    assert trial is trials[0] and plan.provenance["agent"] == "half"
+    ranked = [entry["aimed_ratio"] for entry in chosen["rescored"]]
+    assert len(ranked) == 3  # the two trials and the uniform plan, each aimed quickly
+    pairs = ((chosen["aim"], ranked[0]), (chosen["uniform_aimed"]["aim"], ranked[2]))
+    for found, quick_ratio in pairs:
+        assert found["ratio"] >= quick_ratio and found["ratio"] <= space.target.fraction
+    assert len(chosen["aim"]["tried"]) > 3  # 1.0 (and top) then one step: carried on
+    # each factor read once: the carried-on aims did not read the quick ones' factors again
+    for agent, found in (("half", chosen["aim"]), ("uniform", chosen["uniform_aimed"]["aim"])):
+        extra = len(found["grown_tried"]) + len(found["rechecked"])
+        assert readings.count(agent) == len(found["tried"]) + extra
+
+
 def test_a_search_whose_uniform_plan_re_scores_best_delivers_and_exports_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
