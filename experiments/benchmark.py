@@ -80,6 +80,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,6 +212,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="final fine-tunes per chosen model, each from the pruned weights with its own data "
         "order; its final accuracy is their mean (separates the plan from the fine-tune's luck)",
+    )
+    add(
+        "--final-workers",
+        type=int,
+        default=None,
+        help="final fine-tunes run at a time, in threads of this process (nothing is timed "
+        "then; default: the machine's cores over --threads); the results are those of one at "
+        "a time",
     )
     add("--lr", type=float, default=0.01, help="fine-tune learning rate (both stages)")
     add(
@@ -370,6 +379,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.final_seeds < 1:
         parser.error(f"--final-seeds must be at least 1, got {args.final_seeds}")
+    if args.final_workers is None:
+        args.final_workers = max(1, (os.cpu_count() or 1) // max(1, args.threads))
+    if args.final_workers < 1:
+        parser.error(f"--final-workers must be at least 1, got {args.final_workers}")
     if args.aim_confirm < 0:
         parser.error(f"--aim-confirm must be >= 0 (0: off), got {args.aim_confirm}")
     if not 0.0 <= args.aim_margin < 0.5:
@@ -896,23 +909,16 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
             )
         )
     # the same final fine-tune and the same held-out test samples for every strategy
+    finals = final_accuracies(models, task.data, task.test, seed, args)
     for strategy, model in models.items():
-        start = time.perf_counter()
-        accuracies: list[float] = []
-        for replicate in reversed(range(args.final_seeds)):  # replicate 0 tunes `model` itself
-            tuned = model if replicate == 0 else copy.deepcopy(model)
-            finetune(
-                tuned, task.data, args.final_steps, lr=args.lr, batch_size=args.batch_size,
-                seed=seed + 1000 * replicate,
-            )  # fmt: skip
-            accuracies.insert(0, evaluate(tuned, task.test, batch_size=256).accuracy)
+        accuracies, seconds = finals[strategy]
         row = outcome["strategies"][strategy]
         row["final_accuracy"] = statistics.fmean(accuracies)
         row["final_accuracies"] = accuracies
         row["flops_ratio"] = count_flops(model, task.example) / task.dense["flops"]
         row["params_ratio"] = count_params(model) / task.dense["params"]
         row["channels"] = kept_channels(model, workload.graph)
-        row["final_s"] = time.perf_counter() - start
+        row["final_s"] = seconds
         log(f"[{name} {key} seed {seed}] {strategy}: final accuracy {row['final_accuracy']:.4f}")
     timed = interleaved_latency({"dense": task.model, **models}, task.example, args)
     outcome["latency"] = {b: timed[b]["ms"] for b in timed}
@@ -924,6 +930,48 @@ def run_job(task: Task, target: Target, batch: int, seed: int,
     if space.latency_table is not None:
         outcome["table_dense_ms"] = space.latency_table.dense_ms
     return outcome
+
+
+def final_accuracies(
+    models: dict[str, nn.Module], data: Any, test: Any, seed: int, args: argparse.Namespace
+) -> dict[str, tuple[list[float], float]]:
+    """Each model fine-tuned ``args.final_seeds`` times (``args.final_steps`` steps, data
+    orders ``seed``, ``seed + 1000``, ...; replicate 0 tunes the model itself, the one timed
+    and counted) and scored on ``test``: per model its accuracies and the seconds its
+    fine-tunes took.
+
+    ``args.final_workers`` fine-tunes run at a time, in threads: torch releases the GIL in
+    its kernels, so two single-threaded fine-tunes keep two cores busy (nothing is timed in
+    this phase). The results are those of one at a time: each fine-tune draws its batches
+    from its own seeded generator, and the models draw nothing at random in their forward
+    pass (the cases' models have no dropout); the global RNG is left as it was found."""
+    jobs = [(name, replicate) for name in models for replicate in range(args.final_seeds)]
+    tuned = {
+        (name, replicate): models[name] if replicate == 0 else copy.deepcopy(models[name])
+        for name, replicate in jobs
+    }
+
+    def run(job: tuple[str, int]) -> tuple[float, float]:
+        start = time.perf_counter()
+        finetune(
+            tuned[job], data, args.final_steps, lr=args.lr, batch_size=args.batch_size,
+            seed=seed + 1000 * job[1],
+        )  # fmt: skip
+        accuracy = evaluate(tuned[job], test, batch_size=256).accuracy
+        assert accuracy is not None  # the test samples are labelled
+        return accuracy, time.perf_counter() - start
+
+    with torch.random.fork_rng(devices=[]):
+        if args.final_workers > 1 and len(jobs) > 1:
+            with ThreadPoolExecutor(min(args.final_workers, len(jobs))) as pool:
+                done = list(pool.map(run, jobs))
+        else:
+            done = [run(job) for job in jobs]
+    found: dict[str, tuple[list[float], float]] = {}
+    for (name, _), (accuracy, seconds) in zip(jobs, done, strict=True):
+        accuracies, total = found.get(name, ([], 0.0))
+        found[name] = ([*accuracies, accuracy], total + seconds)
+    return found
 
 
 def interleaved_latency(models: dict[str, nn.Module], example: torch.Tensor,

@@ -352,3 +352,40 @@ def test_the_fashion_mnist_cases_read_a_folder_given_on_the_command_line(
     task = benchmark.load_task(benchmark.CASES["resnet20-fmnist"], args)
     assert task.dense["n_train"] == 16 and task.dense["n_val"] + task.dense["n_test"] == 8
     assert [path.suffix for path in (tmp_path / "baselines").iterdir()] == [".safetensors"]
+
+
+def test_final_fine_tunes_in_threads_end_as_one_at_a_time_would() -> None:
+    """`--final-workers`: the final fine-tunes of every model and replicate run side by side
+    in threads and score exactly as run one after another; the global RNG is left alone."""
+    import argparse
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from tests.tiny_models import ResidualNet
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(96, 1, 16, 16, generator=generator)
+    data = TensorDataset(inputs, torch.randint(0, 10, (96,), generator=generator))
+    test = TensorDataset(inputs[:48] + 0.1, data.tensors[1][:48])
+
+    def finals(workers: int) -> tuple[dict[str, list[float]], list[torch.Tensor]]:
+        torch.manual_seed(1)
+        models = {name: ResidualNet().eval() for name in ("a", "b")}
+        args = argparse.Namespace(
+            final_seeds=2, final_steps=4, lr=0.05, batch_size=16, final_workers=workers
+        )
+        before = torch.get_rng_state()
+        found = benchmark.final_accuracies(models, data, test, seed=3, args=args)
+        assert torch.equal(torch.get_rng_state(), before)
+        weights = [
+            param.detach().clone() for model in models.values() for param in model.parameters()
+        ]
+        return {name: accuracies for name, (accuracies, _) in found.items()}, weights
+
+    alone, alone_weights = finals(1)
+    threaded, threaded_weights = finals(2)
+    assert set(alone) == {"a", "b"} and all(len(acc) == 2 for acc in alone.values())
+    assert threaded == alone
+    assert all(torch.equal(x, y) for x, y in zip(alone_weights, threaded_weights, strict=True))
+    assert benchmark.parse_args(["--quick", "--threads", "1"]).final_workers >= 1
