@@ -621,6 +621,16 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
     confirmed: list[float] = []
     best: Entry | None = None
     delivered_uniform = False  # the plan delivered is the uniform plan (before any aim)
+    readings = 0  # latency readings of the choice (every aim's measurements)
+    if meter is not None:
+        measure = meter
+
+        def meter(plan: PruningPlan) -> float:
+            nonlocal readings
+            readings += 1
+            return measure(plan)
+
+    choosing = time.perf_counter()
     if candidates:
         rescoring = args.rescore > 1 and len(candidates) > 1
         picked = choose(
@@ -646,6 +656,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         source = candidates[picked.index][1] if meter is not None or best is None else best[1]
         delivered_uniform = source.key() == uniform.key()
     wall = time.perf_counter() - start
+    choice = {"seconds": time.perf_counter() - choosing, "readings": readings}
     chosen = best or fallback
     if chosen is None:
         errors = {row["error"] for row in trace if row["error"]}
@@ -664,6 +675,7 @@ def run_strategy(name: str, space: SearchSpace, workload: Workload, seed: int,
         "in_budget": aimed["fits"] if aimed else best is not None,
         "trace": trace,
         "wall_s": wall,
+        "choice": choice,  # the choice's share of wall_s, and its latency readings
         "evals": len(trace),
         "distinct": len(cache),
         "over_budget": sum(row["status"] == "over_budget" for row in trace),
@@ -1599,6 +1611,14 @@ def write_report(state: dict[str, Any], args: argparse.Namespace, stem: str) -> 
                     "one toward the next factor's plan -> measured ratio to dense, per seed; "
                     "factor < 1 grew the plan; re-read: first reading -> fresh one of the pick "
                     "and the plans tried after it): " + aims
+                )
+            choices = per_seed(
+                runs, "choice", lambda v: f"{v['seconds']:.0f} s, {v['readings']} readings"
+            )
+            if choices:
+                lines.append(
+                    "- the choice's share of the search wall time (aims and re-scores of the "
+                    "candidates) and its latency readings, per seed: " + choices
                 )
             peers = [
                 f"{LABELS[s]} pruning_ratio "

@@ -51,6 +51,7 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
     assert "--cifar10" in report  # the skipped case says how to supply the folder
     assert "`spread` 0.5: each unit removes 0.5-1.5x the uniform fraction" in report
     assert "to rank them a quick aim of 1 bisection steps" in report
+    assert "the choice's share of the search wall time" in report
 
     pngs = sorted((tmp_path / "results").glob("quick-*.png"))
     assert len(pngs) == 2  # accuracy vs latency, and the search progress
@@ -60,6 +61,8 @@ def test_quick_run_writes_report_plots_and_raw_results(tmp_path: Path) -> None:
     raw = json.loads((tmp_path / "runs" / "benchmark" / "quick.json").read_text())
     [run] = raw["cases"]["resnet20-synthetic"]["targets"]["latency=0.8@1"]["runs"]
     assert set(run["strategies"]) == set(benchmark.STRATEGIES), run["errors"]
+    choice = run["strategies"]["tpe"]["choice"]
+    assert choice["readings"] > 0 and 0 < choice["seconds"] <= run["strategies"]["tpe"]["wall_s"]
     for row in run["strategies"].values():  # two final fine-tunes each, their mean reported
         assert len(row["final_accuracies"]) == 2
         assert row["final_accuracy"] == pytest.approx(sum(row["final_accuracies"]) / 2)
