@@ -468,12 +468,15 @@ def test_confirm_never_takes_a_plan_on_one_reading_while_rounds_are_left(
     assert (plan, ratio) == (plans[0.4], 0.35)
 
 
+@pytest.mark.parametrize("confirm", [1, 2])
 def test_aim_measures_smaller_plans_when_its_starting_plan_is_the_only_one_under(
-    model: torch.nn.Module,
+    model: torch.nn.Module, confirm: int
 ) -> None:
     """The starting plan read just under the target, so the bisection measured only larger
     plans (all over); its fresh reading comes out over too. The walk then measures a plan
-    smaller than it, instead of returning it as not fitting."""
+    smaller than it, instead of returning it as not fitting, and since that one is far down
+    (halfway to the lower bound) grows units toward the refused plan before taking one, after
+    the first refusal as after ``confirm`` of them."""
     space, true = flops_space(model, 0.5), measured_flops(model)
     plan = shaped_plan(space)
     start = aim(space, plan, true, steps=0).plan.key()  # the plan at factor 1
@@ -485,12 +488,13 @@ def test_aim_measures_smaller_plans_when_its_starting_plan_is_the_only_one_under
         seen.add(candidate.key())
         return 0.51 if again and candidate.key() == start else true(candidate)
 
-    aimed = aim(space, plan, unlucky_start, confirm=1)
+    aimed = aim(space, plan, unlucky_start, confirm=confirm)
     assert aimed.rechecked[0] == (pytest.approx(true(plan)), 0.51)  # the start, refused
     assert aimed.fits and aimed.plan.key() != start and aimed.scale > 1.0
     assert aimed.ratio == aimed.rechecked[-1][1] == pytest.approx(true(aimed.plan))
     assert aimed.ratio <= 0.5
-    assert any(scale > 1.0 for scale, _ in aimed.tried)  # a smaller plan was measured
+    [far] = [ratio for scale, ratio in aimed.tried if scale > 1.0]  # a smaller plan measured
+    assert aimed.grown_tried and aimed.ratio > far  # units grown back from it
 
 
 def test_aim_says_when_even_the_lower_bound_measures_over(model: torch.nn.Module) -> None:
